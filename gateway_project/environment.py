@@ -1,0 +1,188 @@
+"""Gateway settings read from the OS environment and an env file, remembering where each value came from.
+
+The OS environment wins over the env file, which wins over the code default. Keeping the three layers apart
+(instead of letting django-environ merge the file into os.environ and forget) is what lets diagnostics say
+"OLLAMA_BASE_URL from the OS environment overrides the .env value".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+ENVIRONMENT = "environment"
+ENV_FILE = "env_file"
+DEFAULT = "default"
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError("allowed values are " + ", ".join(repr(a) for a in allowed))
+        return value
+
+    return parse
+
+
+def _number(minimum: float, *, exclusive: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, e.g. {minimum + 1:g}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if value < minimum or (exclusive and value == minimum):
+            relation = "greater than" if exclusive else "at least"
+            raise ValueError(f"expected a number {relation} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in environ.Env.BOOLEAN_TRUE_STRINGS:
+        return True
+    if value in ("false", "off", "no", "n", "0", ""):
+        return False
+    raise ValueError("allowed values are true/false, on/off, yes/no, 1/0")
+
+
+def _base_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL such as http://localhost:11434")
+    return value.rstrip("/")
+
+
+def _optional_url(raw: str) -> str:
+    return _base_url(raw) if raw.strip() else ""
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _host_list(raw: str) -> list[str]:
+    return [host.strip() for host in raw.split(",") if host.strip()]
+
+
+def _database_url(raw: str) -> dict:
+    try:
+        return environ.Env.db_url_config(raw.strip())
+    except Exception as exc:  # django-environ raises several types for unknown schemes
+        raise ValueError(f"not a database URL ({exc}); e.g. postgres://user:pass@host:5432/name") from None
+
+
+def _cache_url(raw: str) -> dict:
+    try:
+        return environ.Env.cache_url_config(raw.strip())
+    except Exception as exc:
+        raise ValueError(f"not a cache URL ({exc}); e.g. redis://127.0.0.1:6379/0 or locmemcache://") from None
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One gateway setting: its name, code default (as text, like the environment holds it) and parser."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    secret: bool = False
+    help: str = ""
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("GENERATOR_MODE", "mock", _choice("mock", "live"),
+                help="mock: deterministic local replies; live: forward to Ollama"),
+    SettingSpec("OLLAMA_BASE_URL", "http://localhost:11434", _base_url, help="Ollama server, scheme and port"),
+    SettingSpec("OLLAMA_TIMEOUT", "120", _number(0, exclusive=True),
+                help="seconds to wait for Ollama's reply (read timeout)"),
+    SettingSpec("OLLAMA_CONNECT_TIMEOUT", "5", _number(0, exclusive=True),
+                help="seconds to wait for a TCP connection to Ollama"),
+    SettingSpec("OLLAMA_DEFAULT_MODEL", "qwen2.5:7b", _text, help="model used when a request names none"),
+    SettingSpec("MOCK_RESPONSE_DELAY", "1.0", _number(0), help="seconds the mock provider waits before replying"),
+    SettingSpec("COMFYUI_BASE_URL", "", _optional_url, help="optional ComfyUI server checked by diagnostics"),
+    SettingSpec("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", _database_url, secret=True,
+                help="audit database; SQLite file by default"),
+    SettingSpec("CACHE_URL", "locmemcache://", _cache_url, secret=True, help="shared cache, e.g. redis://host:6379/0"),
+    SettingSpec("SECRET_KEY", "django-insecure-dev-only-change-me-in-production", _text, secret=True,
+                help="Django secret key; set a long random value in production"),
+    SettingSpec("DEBUG", "false", _bool, help="Django debug mode; never on in production"),
+    SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),
+    SettingSpec("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), help="log level of the gateway"),
+)
+
+
+def read_env_file(path: Path) -> dict[str, str] | None:
+    """The variables an env file sets, parsed exactly as django-environ does; None if the file does not exist."""
+    if not path.is_file():
+        return None
+    values: dict[str, str] = {}
+    # read_env writes into cls.ENVIRON; pointing that at an empty dict captures the file alone.
+    reader = type("EnvFileReader", (environ.Env,), {"ENVIRON": values})
+    reader.read_env(str(path), overwrite=True)
+    return values
+
+
+@dataclass
+class Resolved:
+    """What start-up resolved: raw text and parsed value per setting, where each came from, and the layers."""
+
+    env_file: Path
+    env_file_found: bool
+    os_values: dict[str, str]
+    file_values: dict[str, str]
+    raw: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS) -> Resolved:
+    """Resolve every setting from the OS environment, then the env file (ENV_FILE or ./.env), then the default.
+
+    Raises ImproperlyConfigured naming the variable, its source and what is allowed when a value does not parse.
+    """
+    os_env = dict(os.environ if environ_ is None else environ_)
+    env_file = Path(os_env.get("ENV_FILE") or BASE_DIR / ".env")
+    if not env_file.is_absolute():
+        env_file = BASE_DIR / env_file
+    file_values = read_env_file(env_file)
+    resolved = Resolved(
+        env_file=env_file,
+        env_file_found=file_values is not None,
+        os_values={s.name: os_env[s.name] for s in specs if s.name in os_env},
+        file_values={s.name: file_values[s.name] for s in specs if file_values and s.name in file_values},
+    )
+    for spec in specs:
+        if spec.name in resolved.os_values:
+            source, raw = ENVIRONMENT, resolved.os_values[spec.name]
+        elif spec.name in resolved.file_values:
+            source, raw = ENV_FILE, resolved.file_values[spec.name]
+        else:
+            source, raw = DEFAULT, spec.default
+        try:
+            value = spec.parse(raw)
+        except ValueError as exc:
+            where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
+            shown = "(hidden)" if spec.secret else repr(raw)
+            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.") from None
+        resolved.raw[spec.name] = raw
+        resolved.values[spec.name] = value
+        resolved.sources[spec.name] = source
+    return resolved

@@ -1,0 +1,132 @@
+"""Django settings for the LLM Gateway. Every tunable value comes from gateway_project.environment."""
+
+from gateway_project.environment import BASE_DIR, resolve
+
+GATEWAY_ENV = resolve()
+env = GATEWAY_ENV.values
+
+SECRET_KEY = env["SECRET_KEY"]
+DEBUG = env["DEBUG"]
+ALLOWED_HOSTS = env["ALLOWED_HOSTS"]
+
+# Gateway
+GENERATOR_MODE = env["GENERATOR_MODE"]
+OLLAMA_BASE_URL = env["OLLAMA_BASE_URL"]
+OLLAMA_TIMEOUT = env["OLLAMA_TIMEOUT"]
+OLLAMA_CONNECT_TIMEOUT = env["OLLAMA_CONNECT_TIMEOUT"]
+OLLAMA_DEFAULT_MODEL = env["OLLAMA_DEFAULT_MODEL"]
+MOCK_RESPONSE_DELAY = env["MOCK_RESPONSE_DELAY"]
+COMFYUI_BASE_URL = env["COMFYUI_BASE_URL"]
+GENERATE_MAX_BODY_BYTES = 64 * 1024
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "llm",
+    "diagnostics",
+]
+
+MIDDLEWARE = [
+    "gateway_project.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway_project.urls"
+WSGI_APPLICATION = "gateway_project.wsgi.application"
+ASGI_APPLICATION = "gateway_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env["DATABASE_URL"]}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers (admin) and the writer (audit rows) work at once; NORMAL sync keeps a commit off fsync.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# An audit row must survive the error that the view returns: never wrap requests in one transaction.
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+
+CACHES = {"default": env["CACHE_URL"]}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve admin assets straight from the apps when collectstatic has not run (tests, a fresh checkout).
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "llm.errors.api_exception_handler",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "gateway": {"level": env["LOG_LEVEL"].upper(), "propagate": True},
+        "llm": {"level": env["LOG_LEVEL"].upper(), "propagate": True},
+        "diagnostics": {"level": env["LOG_LEVEL"].upper(), "propagate": True},
+        # The gateway writes its own line per request; Django's would repeat it (and 4xx are not errors here).
+        "django.request": {"level": "ERROR"},
+        "django.server": {"level": "ERROR"},
+    },
+}

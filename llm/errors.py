@@ -1,0 +1,157 @@
+"""Typed gateway errors and the one JSON error shape every API response uses.
+
+    {"error": {"type": "...", "message": "...", "request_id": "...", "details": {...}?}}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger("llm.errors")
+
+
+class GatewayError(Exception):
+    """An error with a machine-readable type and the HTTP status it is answered with."""
+
+    type = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, details: dict | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    type, status = "invalid_request", 400
+
+
+class PayloadTooLarge(GatewayError):
+    type, status = "payload_too_large", 413
+
+
+class UnsupportedMediaType(GatewayError):
+    type, status = "unsupported_media_type", 415
+
+
+class ModelNotFound(GatewayError):
+    type, status = "model_not_found", 404
+
+
+class UpstreamUnavailable(GatewayError):
+    type, status = "upstream_unavailable", 503
+
+
+class UpstreamTimeout(GatewayError):
+    type, status = "upstream_timeout", 504
+
+
+class UpstreamError(GatewayError):
+    type, status = "upstream_error", 502
+
+
+class InvalidOutput(GatewayError):
+    type, status = "invalid_output", 502
+
+
+class AuditUnavailable(GatewayError):
+    type, status = "audit_unavailable", 503
+
+
+def error_body(*, type: str, message: str, request_id, details: dict | None = None) -> dict:
+    error = {"type": type, "message": message, "request_id": str(request_id) if request_id else None}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+# DRF's own exceptions, renamed into the gateway's vocabulary.
+_DRF_TYPES = {
+    drf_exceptions.ParseError: "invalid_request",
+    drf_exceptions.ValidationError: "invalid_request",
+    drf_exceptions.NotAuthenticated: "not_authenticated",
+    drf_exceptions.AuthenticationFailed: "authentication_failed",
+    drf_exceptions.PermissionDenied: "permission_denied",
+    drf_exceptions.NotFound: "not_found",
+    drf_exceptions.MethodNotAllowed: "method_not_allowed",
+    drf_exceptions.NotAcceptable: "not_acceptable",
+    drf_exceptions.UnsupportedMediaType: "unsupported_media_type",
+    drf_exceptions.Throttled: "rate_limited",
+}
+
+
+def api_exception_handler(exc, context):
+    """DRF exception handler: every error, expected or not, leaves in the gateway's JSON shape."""
+    request = context.get("request")
+    request_id = getattr(request, "request_id", None)
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, GatewayError):
+        body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)
+        return Response(body, status=exc.status, headers=exc.headers)
+    if isinstance(exc, drf_exceptions.APIException):
+        type_ = next((t for cls, t in _DRF_TYPES.items() if isinstance(exc, cls)), "api_error")
+        details = None
+        if isinstance(exc, drf_exceptions.ValidationError):
+            details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+            message = "The request is invalid; see details."
+        else:
+            message = str(exc.detail)
+        headers = {}
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+            authenticate = context["view"].get_authenticate_header(request) if context.get("view") else None
+            if authenticate:
+                headers["WWW-Authenticate"] = authenticate
+        return Response(error_body(type=type_, message=message, request_id=request_id, details=details),
+                        status=exc.status_code, headers=headers)
+    logger.exception("unhandled error", extra={"request_id": str(request_id)})
+    return Response(
+        error_body(type="internal_error", message="The gateway failed unexpectedly; the error is logged.",
+                   request_id=request_id),
+        status=500,
+    )
+
+
+def _wants_json(request) -> bool:
+    return request.path.startswith("/api/") or "application/json" in request.META.get("HTTP_ACCEPT", "")
+
+
+def _json_error(request, status: int, type_: str, message: str) -> JsonResponse:
+    body = error_body(type=type_, message=message, request_id=getattr(request, "request_id", None))
+    return JsonResponse(body, status=status)
+
+
+# Django's handler400/403/404/500: JSON for API clients, Django's own pages for people in the admin.
+def bad_request(request, exception):
+    if _wants_json(request):
+        return _json_error(request, 400, "invalid_request", "The request could not be understood (bad Host header?).")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception):
+    if _wants_json(request):
+        return _json_error(request, 403, "permission_denied", "Permission denied.")
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request, exception):
+    if _wants_json(request):
+        return _json_error(request, 404, "not_found", f"No endpoint at {request.path}.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _wants_json(request):
+        return _json_error(request, 500, "internal_error", "The gateway failed unexpectedly; the error is logged.")
+    return defaults.server_error(request)

@@ -1,0 +1,25 @@
+"""What every provider takes and returns."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    role: str
+    task: str
+    payload: dict
+    mode: str  # "json" | "text"
+    model: str
+    messages: list[dict]
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderReply:
+    """The model's reply text, the model that produced it, token counts and time spent upstream."""
+
+    content: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    upstream_ms: float

@@ -1,0 +1,200 @@
+"""The generation use case: validate, write the audit row, call the provider, record the outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from uuid import UUID
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, PayloadTooLarge,
+                        UnsupportedMediaType)
+from llm.models import Generation
+from llm.prompts import build_messages
+from llm.providers import GenerationRequest, get_provider
+from llm.serializers import GenerateRequestSerializer
+
+logger = logging.getLogger("llm.services")
+
+MAX_DEPTH = 32
+
+
+def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
+             client_ip: str | None = None, user_agent: str = "") -> Generation:
+    """Answer one generation request; return the completed audit row or raise the GatewayError answered.
+
+    Whatever happens, the attempt leaves exactly one Generation row. If that row cannot be written,
+    nothing is generated and AuditUnavailable is raised.
+    """
+    row = Generation(id=request_id, request_bytes=body_size, client_ip=client_ip or None,
+                     user_agent=(user_agent or "")[:512])
+    try:
+        data = _parse(body, body_size, content_type)
+        row.request = _storable(data)
+        _describe(row, data)
+        request = _validate(data)
+    except GatewayError as exc:
+        _record_failure(row, exc, started)
+        raise
+
+    provider = get_provider()
+    row.provider = provider.name
+    row.prompt = request.messages
+    row.model = request.model[: Generation.SHORT]
+    try:
+        row.save(force_insert=True)
+    except DatabaseError as exc:
+        logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
+                                                                          "error": str(exc)})
+        raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
+
+    reply = None
+    try:
+        reply = provider.generate(request)
+        output = _output(reply.content, request.mode)
+    except GatewayError as exc:
+        _record_failure(row, exc, started, upstream_ms=reply.upstream_ms if reply else None,
+                        raw_output=reply.content if reply else "")
+        raise
+    except Exception as exc:
+        logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
+        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started)
+        raise
+    _complete(row, row.succeed, output=output, model=reply.model, prompt_tokens=reply.prompt_tokens,
+              completion_tokens=reply.completion_tokens, upstream_ms=reply.upstream_ms,
+              latency_ms=_elapsed_ms(started))
+    return row
+
+
+def _parse(body: bytes, body_size: int, content_type: str):
+    limit = settings.GENERATE_MAX_BODY_BYTES
+    if body_size > limit:
+        raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes (64 KiB).")
+    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}.")
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
+        raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _describe(row: Generation, data) -> None:
+    """Fill the audit columns from the raw request, as far as they can be read, before validation."""
+    if not isinstance(data, dict):
+        return
+    for column in ("role", "task", "mode", "model"):
+        value = data.get(column)
+        if isinstance(value, str):
+            setattr(row, column, _storable(value)[: Generation.SHORT])
+    if not row.mode:
+        row.mode = "json"
+    if not row.model:
+        row.model = settings.OLLAMA_DEFAULT_MODEL
+
+
+def _validate(data) -> GenerationRequest:
+    serializer = GenerateRequestSerializer(data=data)
+    if not serializer.is_valid():
+        raise InvalidRequest("The request is invalid; see details.", details=serializer.errors)
+    problem = _unstorable(data)
+    if problem:
+        raise InvalidRequest(f"The request is invalid: {problem}.")
+    fields = serializer.validated_data
+    mode = fields["mode"]
+    return GenerationRequest(
+        role=fields["role"],
+        task=fields["task"],
+        payload=fields["payload"],
+        mode=mode,
+        model=fields.get("model") or settings.OLLAMA_DEFAULT_MODEL,
+        options=fields.get("options") or {},
+        messages=build_messages(role=fields["role"], task=fields["task"], payload=fields["payload"], mode=mode),
+    )
+
+
+def _unstorable(value, path: str = "body", depth: int = 0) -> str | None:
+    """Why a parsed request cannot be stored or sent faithfully (NUL, lone surrogate, too deep), or None."""
+    if depth > MAX_DEPTH:
+        return f"{path} is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path} contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path} contains an unpaired surrogate (\\ud800-\\udfff)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable(key, f"{path} key", depth + 1) or _unstorable(item, f"{path}.{key}", depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _unstorable(item, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def _storable(value):
+    """A copy that every database accepts: NUL becomes U+FFFD, an unpaired surrogate "?"."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _output(content: str, mode: str):
+    if mode == "text":
+        return _storable(content)
+    try:
+        output = json.loads(content)
+    except (ValueError, RecursionError):
+        output = None
+    if not isinstance(output, dict):
+        raise InvalidOutput("The model's reply is not a JSON object (json mode); the raw reply is in the audit log.")
+    return _storable(output)
+
+
+def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
+                    raw_output: str = "") -> None:
+    _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output))
+
+
+def _complete(row: Generation, transition, **fields) -> None:
+    inserting = row._state.adding
+    try:
+        transition(**fields)
+    except DatabaseError as exc:
+        logger.error("audit row not completed", extra={"request_id": str(row.id), "error": str(exc)})
+        if inserting:
+            # Nothing of this attempt is on record: the client must not believe it was audited.
+            raise AuditUnavailable("The audit log cannot be written. Try again later.") from None
+        # The pending row exists; the reply is still the client's.
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

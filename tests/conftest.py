@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from tests.fake_ollama import FakeOllama, free_port_refused
+
+GENERATE_URL = "/api/v1/llm/generate"
+
+
+@pytest.fixture(autouse=True)
+def _no_mock_delay(settings):
+    """The mock's one-second think time is for people watching a demo, not for a test suite."""
+    settings.MOCK_RESPONSE_DELAY = 0
+
+
+@pytest.fixture(scope="session")
+def ollama_server():
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(ollama_server, settings):
+    """The loopback Ollama test server, with the gateway in live mode pointed at it."""
+    ollama_server.reset()
+    settings.GENERATOR_MODE = "live"
+    settings.OLLAMA_BASE_URL = ollama_server.url
+    settings.OLLAMA_TIMEOUT = 5
+    settings.OLLAMA_CONNECT_TIMEOUT = 2
+    yield ollama_server
+    ollama_server.reset()
+
+
+@pytest.fixture
+def refused_url():
+    return free_port_refused()
+
+
+@pytest.fixture
+def generate(client):
+    """POST a generation request the way an API consumer would; a dict is sent as JSON."""
+
+    def post(body=None, *, raw=None, content_type="application/json", **extra):
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return client.post(GENERATE_URL, data=data, content_type=content_type, **extra)
+
+    return post
+
+
+@pytest.fixture
+def valid_request():
+    return {"role": "copywriter", "task": "sns", "payload": {"product": "Green tea", "tone": "calm"}}
+
+
+def assert_error(response, status: int, type_: str):
+    """The one error shape: {"error": {"type", "message", "request_id"}} with the id of the X-Request-ID header."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["type"] == type_
+    assert error["message"]
+    assert error["request_id"] == response["X-Request-ID"]
+    return error

@@ -1,0 +1,103 @@
+"""The audit guarantees: a pending row exists while the provider works, and no row means no generation."""
+
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection, connections
+
+from llm.models import Generation
+from tests.conftest import assert_error
+
+
+@contextmanager
+def audit_table_missing():
+    """Make the audit table unwritable for real, as a dropped or locked-out database would."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE llm_generation RENAME TO llm_generation_away")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE llm_generation_away RENAME TO llm_generation")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_audit_row_means_no_generation_and_503(generate, valid_request, ollama):
+    with audit_table_missing():
+        response = generate(valid_request)
+
+    error = assert_error(response, 503, "audit_unavailable")
+    assert "nothing was generated" in error["message"]
+    assert ollama.requests == []  # the provider was never called
+    assert Generation.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invalid_request_without_audit_is_503_too(generate):
+    with audit_table_missing():
+        response = generate({"role": 1})
+
+    assert_error(response, 503, "audit_unavailable")
+
+
+def in_thread(function, *args):
+    """Run function in a thread of its own, closing the database connection that thread opens."""
+
+    def run():
+        try:
+            function(*args)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_row_is_pending_while_the_provider_works(generate, valid_request, ollama):
+    ollama.fault("slow", delay=1.0)
+    responses = []
+    worker = in_thread(lambda: responses.append(generate(valid_request)))
+    try:
+        assert ollama.wait_for_requests(1, timeout=5)
+        # The provider has the request and has not answered: the row is already on record.
+        row = Generation.objects.get()
+        assert row.status == Generation.Status.PENDING
+        assert row.finished_at is None and row.provider == "ollama"
+        assert row.prompt[1]["content"].count("Green tea") == 1
+    finally:
+        worker.join(timeout=10)
+
+    assert responses[0].status_code == 200
+    row.refresh_from_db()
+    assert row.status == Generation.Status.SUCCEEDED and row.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_concurrent_request_leaves_exactly_one_row(generate, valid_request, ollama):
+    ollama.fault("status", status=500, times=5)
+    ollama.fault("slow", delay=0.05, times=5)
+    results = []
+    lock = threading.Lock()
+
+    def call(index):
+        response = generate({**valid_request, "payload": {"n": index}})
+        with lock:
+            results.append(response)
+
+    started = time.monotonic()
+    threads = [in_thread(call, i) for i in range(20)]
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert time.monotonic() - started < 30
+    assert len(results) == 20
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(502) == 5 and statuses.count(200) == 15
+    ids = {r["X-Request-ID"] for r in results}
+    rows = {str(pk): status for pk, status in Generation.objects.values_list("id", "status")}
+    assert set(rows) == ids
+    assert sorted(rows.values()).count("failed") == 5
