@@ -61,3 +61,62 @@ def assert_error(response, status: int, type_: str):
     assert error["message"]
     assert error["request_id"] == response["X-Request-ID"]
     return error
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven by Playwright; Playwright never downloads a browser of its own here."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make around it are
+    # still synchronous, so Django's async-safety guard would refuse them.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    """A staff member with no explicit permissions: what an operator reviewing generations is given."""
+    return django_user_model.objects.create_user("operator", password="correct-horse-battery", is_staff=True)
+
+
+@pytest.fixture
+def admin_login(page, live_server, staff_user):
+    """Log the browser in to the admin as the staff user."""
+
+    def login():
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", "operator")
+        page.fill("#id_password", "correct-horse-battery")
+        page.click("input[type=submit]")
+        page.wait_for_url(f"{live_server.url}/admin/")
+        return page
+
+    return login
