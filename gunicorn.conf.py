@@ -1,0 +1,23 @@
+"""gunicorn settings for the gateway: `gunicorn gateway_project.wsgi` picks this file up from the project root.
+
+gthread workers: a generation mostly waits on Ollama, so threads (not processes) carry the concurrency.
+Every value can be overridden on the command line or through GUNICORN_CMD_ARGS.
+"""
+
+import os
+
+from gateway_project.environment import resolve
+
+_gateway = resolve()
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# A worker silent for longer than this is killed; it must outlast the slowest legitimate Ollama reply.
+timeout = int(_gateway["OLLAMA_TIMEOUT"] + 30)
+graceful_timeout = 30
+keepalive = 5
+# The gateway logs one structured line per request itself.
+accesslog = None
+errorlog = "-"
