@@ -59,6 +59,10 @@ class UpstreamError(GatewayError):
     type, status = "upstream_error", 502
 
 
+class ModelFailed(UpstreamError):
+    """Ollama answered 500 with its own error: this model would not load or run (a crash, not enough memory)."""
+
+
 class InvalidOutput(GatewayError):
     type, status = "invalid_output", 502
 

@@ -1,9 +1,137 @@
-"""The audit log: one Generation row per attempt to generate, whatever its outcome."""
+"""Prompt templates with their immutable versions, and the audit log: one Generation row per attempt."""
 
 import uuid
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
+
+from llm import prompts
+from llm.output_schema import schema_problem
+
+identifier = RegexValidator(r"^[a-z][a-z0-9_]*\Z", "Use lower-case letters, digits and _, starting with a letter.")
+
+
+class PromptTemplate(models.Model):
+    """What a (role, task) pair is: its versions hold the prompt text, model routing and output schema."""
+
+    role = models.CharField(max_length=100, validators=[identifier], help_text="e.g. copywriter")
+    task = models.CharField(max_length=100, validators=[identifier], help_text="e.g. sns")
+    description = models.TextField(blank=True, help_text="What the task produces; shown to API consumers.")
+    is_active = models.BooleanField(default=True, help_text="Inactive: requests for it are refused as unknown.")
+    sample_payload = models.JSONField(
+        default=dict, blank=True,
+        help_text="An example payload: rendered in the admin preview and listed by GET /api/v1/llm/templates.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["role", "task"]
+        constraints = [models.UniqueConstraint(fields=["role", "task"], name="prompt_template_role_task")]
+
+    def __str__(self):
+        return f"{self.role}/{self.task}"
+
+    @property
+    def current_version(self):
+        """The newest version, the one generations use; None before the first is saved."""
+        return self.versions.order_by("-number").first()
+
+
+class PromptTemplateVersion(models.Model):
+    """One immutable version of a template: exactly the text and settings that generations with it used.
+
+    Never updated or deleted (audit rows point here with PROTECT); editing a template writes a new version.
+    """
+
+    class Mode(models.TextChoices):
+        JSON = "json"
+        TEXT = "text"
+
+    template = models.ForeignKey(PromptTemplate, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    system_prompt = models.TextField(help_text="Sent as written; the answer format instruction is appended.")
+    user_template = models.TextField(
+        help_text="Placeholders like {product} are filled from the payload; write {{ and }} for literal braces.")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.JSON,
+                            help_text="Used when a request names no mode.")
+    model = models.CharField(max_length=200, blank=True,
+                             help_text="Tried first; empty: the gateway's OLLAMA_DEFAULT_MODEL.")
+    fallback_models = models.JSONField(default=list, blank=True,
+                                       help_text="Tried in order when a model is missing or fails to run.")
+    allowed_models = models.JSONField(default=list, blank=True,
+                                      help_text="Further models a request may name (besides model and fallbacks).")
+    options = models.JSONField(default=dict, blank=True,
+                               help_text="Default Ollama options; a request's own options override them.")
+    output_schema = models.JSONField(null=True, blank=True,
+                                     help_text="JSON Schema (draft 2020-12) a json-mode reply must match.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.CharField(max_length=150, blank=True, editable=False,
+                                  help_text="Username of who saved it; kept as text so it outlives the account.")
+
+    class Meta:
+        ordering = ["template", "-number"]
+        constraints = [models.UniqueConstraint(fields=["template", "number"], name="prompt_version_number")]
+
+    def __str__(self):
+        return f"{self.template} v{self.number}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("A prompt template version is immutable; save a new version instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("A prompt template version is never deleted: generations point to it.")
+
+    def clean(self):
+        errors = {}
+        for name in ("system_prompt", "user_template"):
+            try:
+                prompts.placeholders(getattr(self, name))
+            except prompts.TemplateSyntaxError as exc:
+                errors[name] = str(exc)
+        for name in ("fallback_models", "allowed_models"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(m, str) and m.strip() for m in value):
+                errors[name] = "A list of model names, e.g. llama3.2:3b."
+        if not isinstance(self.options, dict):
+            errors["options"] = "A JSON object of Ollama options, e.g. {\"temperature\": 0.7}."
+        if self.output_schema is not None:
+            problem = schema_problem(self.output_schema)
+            if problem:
+                errors["output_schema"] = problem
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def payload_fields(self) -> list[str]:
+        """The payload fields this version's user template needs."""
+        return prompts.placeholders(self.user_template)
+
+    def render(self, payload: dict, mode: str | None = None) -> list[dict]:
+        """The chat messages for a payload; prompts.MissingPlaceholders names the fields it lacks."""
+        mode = mode or self.mode
+        return prompts.build_messages(system_prompt=self.system_prompt, user_template=self.user_template,
+                                      payload=payload, mode=mode, output_schema=self.output_schema)
+
+    def model_chain(self) -> list[str]:
+        """The models tried, in order, for a request that names none."""
+        chain = [self.model or settings.OLLAMA_DEFAULT_MODEL, *self.fallback_models]
+        return list(dict.fromkeys(chain))
+
+    def allowed_model_names(self) -> list[str]:
+        """The models a request may name."""
+        return list(dict.fromkeys([*self.model_chain(), *self.allowed_models]))
+
+    def content(self) -> dict:
+        """The fields that make up a version, to compare with an edit or to copy into the next one."""
+        return {name: getattr(self, name) for name in VERSION_CONTENT}
+
+
+VERSION_CONTENT = ("system_prompt", "user_template", "mode", "model", "fallback_models", "allowed_models",
+                   "options", "output_schema")
 
 
 class Generation(models.Model):
@@ -49,6 +177,11 @@ class Generation(models.Model):
 
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
+    # PROTECT: the trace from an audit row to the exact prompt text that produced it must survive.
+    template_version = models.ForeignKey(PromptTemplateVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                         related_name="generations")
+    models_tried = models.JSONField(default=list, blank=True,
+                                    help_text='Each call in order: {"model": ..., "outcome": "succeeded" or the error}.')
 
     class Meta:
         ordering = ["-created_at"]

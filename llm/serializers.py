@@ -16,9 +16,12 @@ class GenerateRequestSerializer(serializers.Serializer):
     role = StrictCharField(max_length=100, help_text="Who the model acts as, e.g. copywriter.")
     task = StrictCharField(max_length=100, help_text="What it is asked to do, e.g. sns.")
     payload = serializers.JSONField(help_text="The input of the task: a JSON object.")
-    mode = serializers.ChoiceField(choices=["json", "text"], default="json")
-    model = StrictCharField(max_length=200, required=False, help_text="Defaults to OLLAMA_DEFAULT_MODEL.")
-    options = serializers.DictField(required=False, help_text="Passed on as Ollama's options.")
+    mode = serializers.ChoiceField(choices=["json", "text"], required=False,
+                                   help_text="Defaults to the template's mode.")
+    model = StrictCharField(max_length=200, required=False,
+                            help_text="One the template allows; defaults to the template's model and fallbacks.")
+    options = serializers.DictField(required=False,
+                                    help_text="Ollama options; they override the template's defaults.")
 
     def validate_payload(self, value):
         if not isinstance(value, dict):
@@ -46,3 +49,20 @@ class GenerationSerializer(serializers.Serializer):
     usage = UsageSerializer(source="*")
     latency_ms = serializers.FloatField()
     upstream_ms = serializers.FloatField()
+
+
+class PromptTemplateSerializer(serializers.Serializer):
+    """A template as consumers discover it: what to send (payload fields) and what comes back (output schema)."""
+
+    role = serializers.CharField()
+    task = serializers.CharField()
+    description = serializers.CharField()
+    version = serializers.IntegerField(source="current.number")
+    mode = serializers.CharField(source="current.mode")
+    payload_fields = serializers.ListField(source="current.payload_fields", child=serializers.CharField())
+    sample_payload = serializers.JSONField()
+    models = serializers.ListField(source="current.model_chain", child=serializers.CharField(),
+                                   help_text="Tried in this order when a request names no model.")
+    allowed_models = serializers.ListField(source="current.allowed_model_names", child=serializers.CharField(),
+                                           help_text="The models a request may name.")
+    output_schema = serializers.JSONField(source="current.output_schema")

@@ -10,11 +10,12 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
-from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, PayloadTooLarge,
-                        UnsupportedMediaType)
-from llm.models import Generation
-from llm.prompts import build_messages
+from llm.errors import AuditUnavailable, GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from llm.models import Generation, PromptTemplateVersion
+from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
+from llm.routing import Route, candidate_models
+from llm.selectors import current_version_for
 from llm.serializers import GenerateRequestSerializer
 
 logger = logging.getLogger("llm.services")
@@ -35,10 +36,15 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         data = _parse(body, body_size, content_type)
         row.request = _storable(data)
         _describe(row, data)
-        request = _validate(data)
+        request, models = _validate(data, row)
     except GatewayError as exc:
         _record_failure(row, exc, started)
         raise
+    except DatabaseError as exc:
+        # The templates live in the audit database: if they cannot be read, neither can the row be written.
+        logger.error("prompt template not readable; generation refused", extra={"request_id": str(request_id),
+                                                                                 "error": str(exc)})
+        raise AuditUnavailable("The database cannot be read, so nothing was generated. Try again later.") from None
 
     provider = get_provider()
     row.provider = provider.name
@@ -51,20 +57,23 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
                                                                           "error": str(exc)})
         raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
 
-    reply = None
+    route = Route(models)
     try:
-        reply = provider.generate(request)
-        output = _output(reply.content, request.mode)
+        reply, output = route.run(provider, request)
     except GatewayError as exc:
-        _record_failure(row, exc, started, upstream_ms=reply.upstream_ms if reply else None,
-                        raw_output=reply.content if reply else "")
+        row.models_tried = route.tried
+        reply = route.last_reply
+        _record_failure(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
+                        raw_output=reply.content if reply and exc.type == "invalid_output" else "")
         raise
     except Exception as exc:
         logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
+        row.models_tried = route.tried
         _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started)
         raise
-    _complete(row, row.succeed, output=output, model=reply.model, prompt_tokens=reply.prompt_tokens,
-              completion_tokens=reply.completion_tokens, upstream_ms=reply.upstream_ms,
+    row.models_tried = route.tried
+    _complete(row, row.succeed, output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
+              completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
               latency_ms=_elapsed_ms(started))
     return row
 
@@ -103,13 +112,10 @@ def _describe(row: Generation, data) -> None:
         value = data.get(column)
         if isinstance(value, str):
             setattr(row, column, _storable(value)[: Generation.SHORT])
-    if not row.mode:
-        row.mode = "json"
-    if not row.model:
-        row.model = settings.OLLAMA_DEFAULT_MODEL
 
 
-def _validate(data) -> GenerationRequest:
+def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str]]:
+    """The request to send and the models to try; the template version used is recorded on the row."""
     serializer = GenerateRequestSerializer(data=data)
     if not serializer.is_valid():
         raise InvalidRequest("The request is invalid; see details.", details=serializer.errors)
@@ -117,16 +123,36 @@ def _validate(data) -> GenerationRequest:
     if problem:
         raise InvalidRequest(f"The request is invalid: {problem}.")
     fields = serializer.validated_data
-    mode = fields["mode"]
+    version = current_version_for(fields["role"], fields["task"])
+    row.template_version = version
+    mode = fields.get("mode") or version.mode
+    row.mode = mode
+    models = candidate_models(version, fields.get("model"))
+    row.model = models[0][: Generation.SHORT]
     return GenerationRequest(
         role=fields["role"],
         task=fields["task"],
         payload=fields["payload"],
         mode=mode,
-        model=fields.get("model") or settings.OLLAMA_DEFAULT_MODEL,
-        options=fields.get("options") or {},
-        messages=build_messages(role=fields["role"], task=fields["task"], payload=fields["payload"], mode=mode),
-    )
+        model=models[0],
+        # The request's own options override the template's defaults, one key at a time.
+        options={**version.options, **(fields.get("options") or {})},
+        messages=_render(version, fields["payload"], mode),
+        output_schema=version.output_schema if mode == "json" else None,
+    ), models
+
+
+def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[dict]:
+    try:
+        return version.render(payload, mode)
+    except MissingPlaceholders as exc:
+        template = version.template
+        names = ", ".join(exc.names)
+        raise InvalidRequest(
+            f"The payload lacks {names}, which the {template.role}/{template.task} template needs. "
+            f"Its payload fields: {', '.join(version.payload_fields)}.",
+            details={"payload": {name: ["Required by the template."] for name in exc.names}},
+        ) from None
 
 
 def _unstorable(value, path: str = "body", depth: int = 0) -> str | None:
@@ -166,18 +192,6 @@ def _storable(value):
     return value
 
 
-def _output(content: str, mode: str):
-    if mode == "text":
-        return _storable(content)
-    try:
-        output = json.loads(content)
-    except (ValueError, RecursionError):
-        output = None
-    if not isinstance(output, dict):
-        raise InvalidOutput("The model's reply is not a JSON object (json mode); the raw reply is in the audit log.")
-    return _storable(output)
-
-
 def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
                     raw_output: str = "") -> None:
     _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
@@ -197,4 +211,8 @@ def _complete(row: Generation, transition, **fields) -> None:
 
 
 def _elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+    return _rounded((time.perf_counter() - started) * 1000)
+
+
+def _rounded(ms: float) -> float:
+    return round(ms, 2)

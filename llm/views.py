@@ -4,8 +4,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_project.middleware import annotate_request_log
-from llm import services
-from llm.serializers import GenerationSerializer
+from llm import selectors, services
+from llm.serializers import GenerationSerializer, PromptTemplateSerializer
 
 
 class GenerateView(APIView):
@@ -29,6 +29,20 @@ class GenerateView(APIView):
         )
         annotate_request_log(request, provider=generation.provider, model=generation.model)
         return Response(GenerationSerializer(generation).data)
+
+
+class TemplateListView(APIView):
+    """GET /api/v1/llm/templates: the roles and tasks a request may name, their payload fields and output schemas."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        templates = selectors.active_templates()
+        roles: dict[str, list[str]] = {}
+        for template in templates:
+            roles.setdefault(template.role, []).append(template.task)
+        return Response({"roles": roles, "templates": PromptTemplateSerializer(templates, many=True).data})
 
 
 def _read_body(request) -> tuple[bytes, int]:

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import pytest
@@ -37,7 +38,17 @@ def refused_url():
 
 
 @pytest.fixture
-def generate(client):
+def shipped_templates(db):
+    """The prompt templates the seed migration ships, present even after a transactional test's flush."""
+    from django.apps import apps
+
+    seed = importlib.import_module("llm.migrations.0003_seed_prompt_templates")
+    seed.seed_templates(apps)
+    return seed.TEMPLATES
+
+
+@pytest.fixture
+def generate(client, shipped_templates):
     """POST a generation request the way an API consumer would; a dict is sent as JSON."""
 
     def post(body=None, *, raw=None, content_type="application/json", **extra):
@@ -50,6 +61,11 @@ def generate(client):
 @pytest.fixture
 def valid_request():
     return {"role": "copywriter", "task": "sns", "payload": {"product": "Green tea", "tone": "calm"}}
+
+
+# A reply that matches the shipped copywriter/sns output schema, for live-mode tests that need a success.
+SNS_REPLY = json.dumps({"caption": "Slow down with a cup of green tea.", "hashtags": ["#greentea", "#calm"],
+                        "call_to_action": "Try it today"})
 
 
 def assert_error(response, status: int, type_: str):

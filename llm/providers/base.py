@@ -12,6 +12,7 @@ class GenerationRequest:
     model: str
     messages: list[dict]
     options: dict = field(default_factory=dict)
+    output_schema: dict | None = None  # json mode: the reply must match it
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ class MockProvider:
         digest = hashlib.sha256(
             json.dumps([request.role, request.task, request.payload, request.model], sort_keys=True).encode()
         ).hexdigest()[:16]
-        if request.mode == "json":
+        if request.mode == "json" and request.output_schema:
+            content = json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
+        elif request.mode == "json":
             content = json.dumps(
                 {"role": request.role, "task": request.task, "payload": request.payload,
                  "model": request.model, "digest": digest, "mock": True},
@@ -36,3 +38,45 @@ class MockProvider:
             completion_tokens=len(content.split()),
             upstream_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+def schema_instance(schema: dict, label: str, name: str = ""):
+    """A small deterministic value that satisfies a JSON Schema of the kinds templates use.
+
+    Covers const, enum, anyOf/oneOf (first branch), objects (every property), arrays (minItems, at least one
+    item, distinct), strings (min/maxLength), numbers (minimum/maximum), booleans and null. Other keywords
+    (pattern, $ref, ...) are not attempted: the gateway validates the reply and says so if it misses.
+    """
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combinator):
+            return schema_instance(schema[combinator][0], label, name)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {key: schema_instance(sub, label, f"{name} {key}".strip())
+                for key, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        count = max(schema.get("minItems", 1), 1)
+        count = min(count, schema.get("maxItems", count))
+        items = schema.get("items", {})
+        return [schema_instance(items, label, f"{name} {index + 1}") for index in range(count)]
+    if kind == "string":
+        text = f"[{label}] {name or 'value'}"
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        text = text.ljust(low, ".")
+        return text[:high] if high is not None else text
+    if kind in ("integer", "number"):
+        value = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        if "maximum" in schema:
+            value = min(value, schema["maximum"])
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return True
+    return None

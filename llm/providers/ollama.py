@@ -6,7 +6,8 @@ import time
 import httpx
 
 from gateway_project.redaction import mask_url
-from llm.errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from llm.errors import (InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
+                        UpstreamUnavailable)
 
 from .base import GenerationRequest, ProviderReply
 
@@ -32,7 +33,8 @@ class OllamaProvider:
     def generate(self, request: GenerationRequest) -> ProviderReply:
         body = {"model": request.model, "messages": request.messages, "stream": False}
         if request.mode == "json":
-            body["format"] = "json"
+            # A schema makes Ollama constrain the reply to it (structured outputs); "json" just to JSON.
+            body["format"] = request.output_schema or "json"
         if request.options:
             body["options"] = request.options
         started = time.perf_counter()
@@ -73,6 +75,9 @@ class OllamaProvider:
             )
         if response.status_code == 400 and isinstance(error, str):
             raise InvalidRequest(f"{where} rejected the request: {error}")
+        # Ollama answers 500 with its error when the model cannot load or its runner dies; 503 is a full queue.
+        if response.status_code == 500 and isinstance(error, str):
+            raise ModelFailed(f"{where} could not run model {model!r}: HTTP {response.status_code}: {error}")
         if response.status_code != 200:
             detail = error if isinstance(error, str) else _excerpt(response.text)
             raise UpstreamError(f"{where} answered HTTP {response.status_code}: {detail}")

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, connections
 
 from llm.models import Generation
-from tests.conftest import assert_error
+from tests.conftest import SNS_REPLY, assert_error
 
 
 @contextmanager
@@ -58,6 +58,7 @@ def in_thread(function, *args):
 
 @pytest.mark.django_db(transaction=True)
 def test_row_is_pending_while_the_provider_works(generate, valid_request, ollama):
+    ollama.reply = SNS_REPLY
     ollama.fault("slow", delay=1.0)
     responses = []
     worker = in_thread(lambda: responses.append(generate(valid_request)))
@@ -78,13 +79,15 @@ def test_row_is_pending_while_the_provider_works(generate, valid_request, ollama
 
 @pytest.mark.django_db(transaction=True)
 def test_every_concurrent_request_leaves_exactly_one_row(generate, valid_request, ollama):
-    ollama.fault("status", status=500, times=5)
+    ollama.reply = SNS_REPLY
+    # A garbled reply is a server fault: no fallback model is tried, so exactly five requests fail.
+    ollama.fault("malformed", times=5)
     ollama.fault("slow", delay=0.05, times=5)
     results = []
     lock = threading.Lock()
 
     def call(index):
-        response = generate({**valid_request, "payload": {"n": index}})
+        response = generate({**valid_request, "payload": {"product": f"Tea {index}", "tone": "calm"}})
         with lock:
             results.append(response)
 

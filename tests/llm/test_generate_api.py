@@ -4,10 +4,11 @@ import json
 import uuid
 
 import pytest
+from jsonschema import Draft202012Validator
 
-from llm.models import Generation
+from llm.models import Generation, PromptTemplateVersion
 from llm.providers import get_provider
-from tests.conftest import GENERATE_URL, assert_error
+from tests.conftest import GENERATE_URL, SNS_REPLY, assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +22,11 @@ def only_row():
 # -- mock mode ---------------------------------------------------------------------------------------------------
 
 
-def test_mock_json_mode_echoes_the_request_and_is_audited(generate, valid_request):
+def sns_version():
+    return PromptTemplateVersion.objects.get(template__role="copywriter", template__task="sns", number=1)
+
+
+def test_mock_json_mode_answers_with_the_template_schema_and_is_audited(generate, valid_request):
     response = generate(valid_request, HTTP_USER_AGENT="pytest-agent")
 
     assert response.status_code == 200
@@ -30,9 +35,8 @@ def test_mock_json_mode_echoes_the_request_and_is_audited(generate, valid_reques
     assert body["provider"] == "mock"
     assert body["model"] == "qwen2.5:7b"
     assert body["mode"] == "json"
-    assert body["output"]["role"] == "copywriter"
-    assert body["output"]["task"] == "sns"
-    assert body["output"]["payload"] == {"product": "Green tea", "tone": "calm"}
+    assert set(body["output"]) == {"caption", "hashtags", "call_to_action"}
+    Draft202012Validator(sns_version().output_schema).validate(body["output"])
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
     assert body["latency_ms"] >= body["upstream_ms"] >= 0
 
@@ -43,8 +47,10 @@ def test_mock_json_mode_echoes_the_request_and_is_audited(generate, valid_reques
                                                                        "qwen2.5:7b")
     assert row.request == valid_request
     assert row.output == body["output"]
-    assert row.prompt[0]["role"] == "system" and "copywriter" in row.prompt[0]["content"]
-    assert "Green tea" in row.prompt[1]["content"] and "sns" in row.prompt[1]["content"]
+    assert row.template_version == sns_version()
+    assert row.models_tried == [{"model": "qwen2.5:7b", "outcome": "succeeded"}]
+    assert row.prompt[0]["role"] == "system" and "social media copywriter" in row.prompt[0]["content"]
+    assert "social media post about Green tea" in row.prompt[1]["content"] and "Tone: calm" in row.prompt[1]["content"]
     assert row.client_ip == "127.0.0.1" and row.user_agent == "pytest-agent"
     assert row.finished_at >= row.created_at
     assert row.latency_ms == body["latency_ms"]
@@ -63,7 +69,7 @@ def test_mock_text_mode_returns_a_string(generate, valid_request):
 def test_mock_is_deterministic(generate, valid_request):
     first = generate(valid_request).json()
     second = generate(valid_request).json()
-    other = generate({**valid_request, "payload": {"product": "Coffee"}}).json()
+    other = generate({**valid_request, "payload": {"product": "Coffee", "tone": "calm"}}).json()
 
     assert first["output"] == second["output"]
     assert first["id"] != second["id"]
@@ -82,18 +88,20 @@ def test_mock_waits_the_configured_delay(generate, valid_request, settings):
 # -- live mode ---------------------------------------------------------------------------------------------------
 
 
-def test_live_json_mode_calls_ollama_chat(generate, valid_request, ollama):
+def test_live_json_mode_calls_ollama_chat_with_the_schema_as_format(generate, valid_request, ollama):
+    ollama.reply = SNS_REPLY
+
     response = generate({**valid_request, "options": {"temperature": 0.2, "num_predict": 64, "seed": 7}})
 
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["provider"] == "ollama"
     assert body["model"] == "qwen2.5:7b"
-    assert isinstance(body["output"], dict) and body["output"]  # the test server's JSON reply, parsed
+    assert body["output"] == json.loads(SNS_REPLY)
     sent = ollama.requests[-1]
     assert (sent.method, sent.path) == ("POST", "/api/chat")
     assert sent.json["stream"] is False
-    assert sent.json["format"] == "json"
+    assert sent.json["format"] == sns_version().output_schema
     assert sent.json["model"] == "qwen2.5:7b"
     assert sent.json["options"] == {"temperature": 0.2, "num_predict": 64, "seed": 7}
     assert [m["role"] for m in sent.json["messages"]] == ["system", "user"]
@@ -115,11 +123,11 @@ def test_live_text_mode_sends_no_format(generate, valid_request, ollama):
     assert response.status_code == 200
     assert response.json()["output"] == "Calm mornings start with green tea."
     assert "format" not in ollama.requests[-1].json
-    assert "options" not in ollama.requests[-1].json
+    assert ollama.requests[-1].json["options"] == {"temperature": 0.8}  # the template's default options
 
 
 def test_live_token_counts_come_from_ollama(generate, valid_request, ollama):
-    ollama.reply = '{"caption": "one two three"}'
+    ollama.reply = SNS_REPLY
 
     body = generate(valid_request).json()
 
@@ -131,6 +139,7 @@ def test_live_token_counts_come_from_ollama(generate, valid_request, ollama):
 
 def test_live_client_is_built_once_and_keeps_its_connection(generate, valid_request, ollama):
     assert get_provider() is get_provider()
+    ollama.reply = SNS_REPLY
 
     for _ in range(3):
         assert generate(valid_request).status_code == 200
@@ -230,8 +239,9 @@ def test_body_over_64_kib_is_413_and_audited(generate, valid_request):
 
 
 def test_body_just_under_the_limit_is_accepted(generate, valid_request):
-    envelope = len(json.dumps({**valid_request, "payload": {"text": ""}}).encode())
-    body = {**valid_request, "payload": {"text": "x" * (64 * 1024 - envelope)}}
+    payload = {**valid_request["payload"], "text": ""}
+    envelope = len(json.dumps({**valid_request, "payload": payload}).encode())
+    body = {**valid_request, "payload": {**payload, "text": "x" * (64 * 1024 - envelope)}}
     assert len(json.dumps(body).encode()) == 64 * 1024
 
     assert generate(body).status_code == 200
@@ -240,14 +250,17 @@ def test_body_just_under_the_limit_is_accepted(generate, valid_request):
 # -- upstream faults (live mode) ---------------------------------------------------------------------------------
 
 
-def test_unknown_model_is_404_with_the_pull_command(generate, valid_request, ollama):
-    error = assert_error(generate({**valid_request, "model": "mistral:7b"}), 404, "model_not_found")
+def test_a_named_model_that_is_not_pulled_is_404_with_the_pull_command(generate, valid_request, ollama):
+    ollama.models.remove("llama3.2:1b")
 
-    assert "mistral:7b" in error["message"] and "ollama pull mistral:7b" in error["message"]
+    error = assert_error(generate({**valid_request, "model": "llama3.2:1b"}), 404, "model_not_found")
+
+    assert "llama3.2:1b" in error["message"] and "ollama pull llama3.2:1b" in error["message"]
     row = only_row()
     assert (row.status, row.error_type, row.http_status, row.model) == ("failed", "model_not_found", 404,
-                                                                        "mistral:7b")
+                                                                        "llama3.2:1b")
     assert row.prompt is not None  # it was sent
+    assert row.models_tried == [{"model": "llama3.2:1b", "outcome": "model_not_found"}]
 
 
 def test_connection_refused_is_503(generate, valid_request, settings, refused_url):
@@ -324,6 +337,7 @@ def test_json_mode_reply_that_is_not_an_object_is_invalid_output(generate, valid
 
     assert_error(generate(valid_request), 502, "invalid_output")
 
+    assert len(ollama.requests) == 2  # asked once more, then given up
     row = only_row()
     assert row.error_type == "invalid_output"
     assert row.raw_output == reply  # kept for whoever debugs the model
