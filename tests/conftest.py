@@ -48,6 +48,21 @@ def shipped_templates(db):
 
 
 @pytest.fixture
+def make_template(db):
+    """Create a template with its first version; content fields default to a plain one-placeholder prompt."""
+    from llm import prompt_templates
+    from llm.models import PromptTemplate
+
+    def make(role="tester", task="echo", *, sample_payload=None, **content):
+        template = PromptTemplate.objects.create(role=role, task=task, sample_payload=sample_payload or {})
+        fields = {"system_prompt": "You test things.", "user_template": "Say {word}.", "mode": "json",
+                  "model": "", "fallback_models": [], "allowed_models": [], "options": {}, "output_schema": None}
+        return prompt_templates.save_version(template=template, content={**fields, **content}, author="pytest")
+
+    return make
+
+
+@pytest.fixture
 def generate(client, shipped_templates):
     """POST a generation request the way an API consumer would; a dict is sent as JSON."""
 
