@@ -44,11 +44,15 @@ def read_output(content: str, mode: str, schema: dict | None):
         error = best_match(Validator(schema).iter_errors(output))
         if error is not None:
             raise InvalidOutput(
-                f"The model's reply does not match the template's output schema: {_short(error.message)} "
+                f"The model's reply does not match the template's output schema: {_short(error)} "
                 f"at {error.json_path}. The raw reply is in the audit log."
             )
     return output
 
 
-def _short(text: str, limit: int = 300) -> str:
+def _short(error, limit: int = 300) -> str:
+    """The validation message with a long offending value cut short: the full reply is in the audit log."""
+    text, shown = error.message, repr(error.instance)
+    if len(shown) > 60:
+        text = text.replace(shown, shown[:50] + "…")
     return text if len(text) <= limit else text[:limit] + "…"

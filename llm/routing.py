@@ -93,7 +93,7 @@ def _exhausted(failures: list[GatewayError], tried: list[dict]) -> GatewayError:
     summary = ", ".join(f"{t['model']} ({t['outcome']})" for t in tried)
     failed = next((exc for exc in failures if not isinstance(exc, ModelNotFound)), None)
     if failed is not None:
-        return type(failed)(f"{failed.message} Models tried: {summary}.")
+        return type(failed)(f"{failed.message.rstrip('.')}. Models tried: {summary}.")
     pulls = " or ".join(f"ollama pull {t['model']}" for t in tried)
     return ModelNotFound(f"None of the models for this template is available: {summary}. "
                          f"Pull one on the Ollama server with: {pulls}")
