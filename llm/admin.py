@@ -1,10 +1,265 @@
 import json
 import uuid
 
+from django import forms
 from django.contrib import admin
-from django.utils.html import format_html
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import flatten_fieldsets, unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from llm.models import Generation
+from llm import prompt_templates
+from llm.models import VERSION_CONTENT, Generation, PromptTemplate, PromptTemplateVersion
+from llm.prompts import MissingPlaceholders, TemplateSyntaxError
+
+
+class ModelListField(forms.CharField):
+    """A list of model names, typed as "qwen2.5:7b, llama3.2:3b"."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+class PromptTemplateForm(forms.ModelForm):
+    """The template and the content of its current version; saving writes that content as a new version."""
+
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 6, "cols": 100}),
+                                    help_text=PromptTemplateVersion._meta.get_field("system_prompt").help_text)
+    user_template = forms.CharField(widget=forms.Textarea(attrs={"rows": 8, "cols": 100}),
+                                    help_text=PromptTemplateVersion._meta.get_field("user_template").help_text)
+    mode = forms.ChoiceField(choices=PromptTemplateVersion.Mode.choices, initial="json",
+                             help_text=PromptTemplateVersion._meta.get_field("mode").help_text)
+    model = forms.CharField(required=False, max_length=200,
+                            help_text=PromptTemplateVersion._meta.get_field("model").help_text)
+    fallback_models = ModelListField(required=False, help_text="Comma-separated, tried in this order when a model "
+                                                               "is missing or fails to run.")
+    allowed_models = ModelListField(required=False, help_text="Comma-separated: further models a request may name.")
+    options = forms.JSONField(required=False, initial=dict,
+                              help_text='Default Ollama options, e.g. {"temperature": 0.7}.')
+    output_schema = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
+                                    help_text=PromptTemplateVersion._meta.get_field("output_schema").help_text)
+
+    class Meta:
+        model = PromptTemplate
+        fields = ["role", "task", "description", "is_active", "sample_payload"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        current = self.instance.current_version if self.instance.pk else None
+        if current is not None:
+            for name in VERSION_CONTENT:
+                self.initial.setdefault(name, getattr(current, name))
+
+    def clean(self):
+        cleaned = super().clean()
+        if any(name in self.errors for name in VERSION_CONTENT):
+            return cleaned
+        version = self.draft_version()
+        try:
+            version.clean()
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                self.add_error(field, messages)
+            return cleaned
+        sample = cleaned.get("sample_payload")
+        if "sample_payload" not in self.errors:
+            if not isinstance(sample, dict):
+                self.add_error("sample_payload", "A JSON object with a value for each placeholder.")
+            else:
+                missing = [name for name in version.payload_fields if name not in sample]
+                if missing:
+                    self.add_error("sample_payload", f"Lacks {', '.join(missing)}, which the user template uses.")
+        return cleaned
+
+    def version_content(self) -> dict:
+        content = {name: self.cleaned_data.get(name) for name in VERSION_CONTENT}
+        content["model"] = (content["model"] or "").strip()
+        content["options"] = content["options"] if content["options"] is not None else {}
+        content["fallback_models"] = content["fallback_models"] or []
+        content["allowed_models"] = content["allowed_models"] or []
+        return content
+
+    def draft_version(self) -> PromptTemplateVersion:
+        """An unsaved version with the form's content, to validate and preview."""
+        return PromptTemplateVersion(template=self.instance, number=0, **self.version_content())
+
+
+def prompt_preview(version: PromptTemplateVersion | None, payload, *, unsaved: bool = False) -> dict | None:
+    """What the admin shows of a version rendered for a payload: the messages, or why they cannot be built."""
+    if version is None:
+        return None
+    preview = {"unsaved": unsaved, "models": version.model_chain(), "mode": version.mode, "error": None,
+               "format": "the output schema" if version.mode == "json" and version.output_schema else
+               ('"json"' if version.mode == "json" else "none (text)")}
+    try:
+        preview["messages"] = version.render(payload if isinstance(payload, dict) else {})
+    except MissingPlaceholders as exc:
+        preview["error"] = f"The sample payload lacks {', '.join(exc.names)}."
+    except TemplateSyntaxError as exc:
+        preview["error"] = str(exc)
+    return preview
+
+
+@admin.register(PromptTemplate)
+class PromptTemplateAdmin(admin.ModelAdmin):
+    """Templates are edited here with Django's model permissions (llm.change_prompttemplate to edit).
+
+    Each save with changed content writes a new immutable version; templates are deactivated, never deleted.
+    """
+
+    form = PromptTemplateForm
+    change_form_template = "admin/llm/prompttemplate/change_form.html"
+    list_display = ("role", "task", "is_active", "current_number", "description")
+    list_filter = ("is_active", "role")
+    search_fields = ("role", "task", "description")
+    fieldsets = (
+        (None, {"fields": ("role", "task", "description", "is_active")}),
+        ("Prompt", {"fields": ("system_prompt", "user_template", "mode", "output_schema")}),
+        ("Models", {"fields": ("model", "fallback_models", "allowed_models", "options")}),
+        ("Preview", {"fields": ("sample_payload",),
+                     "description": "Press Preview to render the prompt for the sample payload without saving."}),
+    )
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        history = ("Versions (immutable: a save that changes the prompt or models adds one)",
+                   {"fields": ("version_history",)})
+        if not self.has_change_permission(request, obj):
+            # View only: the current version's text is in the preview and on each version's page.
+            return ((None, {"fields": ("role", "task", "description", "is_active", "sample_payload")}), history)
+        return (*self.fieldsets[:3], history, *self.fieldsets[3:])
+
+    def get_readonly_fields(self, request, obj=None):
+        # Past generations name their role and task: a template keeps the pair it was created with.
+        return ("role", "task", "version_history") if obj is not None else ()
+
+    @admin.display(description="History")
+    def version_history(self, obj):
+        versions = obj.versions.annotate(generation_count=Count("generations")).order_by("-number")
+        rows = format_html_join(
+            "", '<tr><td><a href="{}">v{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((reverse("admin:llm_prompttemplateversion_change", args=[v.pk]), v.number,
+              v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.created_by or "—", ", ".join(v.model_chain()),
+              v.generation_count) for v in versions),
+        )
+        return format_html('<table id="version-history"><thead><tr><th>Version</th><th>Saved (UTC)</th><th>By</th>'
+                           "<th>Models</th><th>Generations</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Version")
+    def current_number(self, obj):
+        current = obj.current_version
+        return f"v{current.number}" if current else "—"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # The admin's change view runs in one transaction: the template and its new version land together.
+        prompt_templates.save_version(template=obj, content=form.version_content(),
+                                      author=request.user.get_username())
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST" and "_preview" in request.POST:
+            return self._preview_unsaved(request, object_id, form_url)
+        obj = self.get_object(request, unquote(object_id)) if object_id else None
+        preview = prompt_preview(obj.current_version, obj.sample_payload) if obj else None
+        return super().changeform_view(request, object_id, form_url, {**(extra_context or {}), "preview": preview})
+
+    def _preview_unsaved(self, request, object_id, form_url):
+        """The change form again, as posted, with the prompt it would build; nothing is saved."""
+        add = object_id is None
+        obj = None if add else self.get_object(request, unquote(object_id))
+        if not add and obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not (self.has_add_permission(request) if add else self.has_change_permission(request, obj)):
+            raise PermissionDenied
+        fieldsets = self.get_fieldsets(request, obj)
+        form = self.get_form(request, obj, change=not add, fields=flatten_fieldsets(fieldsets))(
+            request.POST, instance=obj)
+        preview = None
+        if form.is_valid():
+            preview = prompt_preview(form.draft_version(), form.cleaned_data["sample_payload"], unsaved=True)
+        admin_form = helpers.AdminForm(form, list(fieldsets), {}, self.get_readonly_fields(request, obj),
+                                       model_admin=self)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": ("Add %s" if add else "Change %s") % self.opts.verbose_name,
+            "subtitle": str(obj) if obj else None,
+            "adminform": admin_form,
+            "object_id": object_id,
+            "original": obj,
+            "is_popup": False,
+            "to_field": None,
+            "media": self.media + admin_form.media,
+            "inline_admin_formsets": [],
+            "errors": helpers.AdminErrorList(form, []),
+            "preserved_filters": self.get_preserved_filters(request),
+            "preview": preview,
+        }
+        return self.render_change_form(request, context, add=add, change=not add, obj=obj, form_url=form_url)
+
+
+@admin.register(PromptTemplateVersion)
+class PromptTemplateVersionAdmin(admin.ModelAdmin):
+    """One version exactly as generations used it: part of the audit trail, so read-only like the history."""
+
+    list_display = ("template", "number", "created_at", "created_by", "model", "mode")
+    list_filter = ("template__role", "template__task")
+    list_select_related = ("template",)
+    fieldsets = (
+        (None, {"fields": ("template", "number", "created_at", "created_by")}),
+        ("Prompt", {"fields": ("system_prompt_text", "user_template_text", "mode", "output_schema_json")}),
+        ("Models", {"fields": ("model", "fallback_models", "allowed_models", "options_json")}),
+        ("Preview for the template's sample payload", {"fields": ("preview",)}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [name for _, options in self.fieldsets for name in options["fields"]]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    @admin.display(description="System prompt")
+    def system_prompt_text(self, obj):
+        return _pre(obj.system_prompt)
+
+    @admin.display(description="User template")
+    def user_template_text(self, obj):
+        return _pre(obj.user_template)
+
+    @admin.display(description="Output schema")
+    def output_schema_json(self, obj):
+        return _pretty(obj.output_schema)
+
+    @admin.display(description="Options")
+    def options_json(self, obj):
+        return _pretty(obj.options)
+
+    @admin.display(description="Messages")
+    def preview(self, obj):
+        shown = prompt_preview(obj, obj.template.sample_payload)
+        if shown["error"]:
+            return shown["error"]
+        return _pretty(shown["messages"])
 
 
 @admin.register(Generation)
@@ -22,10 +277,10 @@ class GenerationAdmin(admin.ModelAdmin):
     list_per_page = 50
     fieldsets = (
         (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
-        ("Request", {"fields": ("role", "task", "mode", "provider", "model", "client_ip", "user_agent",
-                                "request_bytes", "request_json")}),
+        ("Request", {"fields": ("role", "task", "template_version_link", "mode", "provider", "model", "client_ip",
+                                "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("prompt_json",)}),
-        ("Outcome", {"fields": ("output_json", "raw_output", "error_type", "error_message",
+        ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
                                 "prompt_tokens", "completion_tokens", "latency_ms", "upstream_ms")}),
     )
 
@@ -56,6 +311,17 @@ class GenerationAdmin(admin.ModelAdmin):
     def has_module_permission(self, request):
         return request.user.is_active and request.user.is_staff
 
+    @admin.display(description="Template version")
+    def template_version_link(self, obj):
+        if obj.template_version_id is None:
+            return "—"
+        url = reverse("admin:llm_prompttemplateversion_change", args=[obj.template_version_id])
+        return format_html('<a href="{}">{}</a>', url, obj.template_version)
+
+    @admin.display(description="Models tried")
+    def models_tried_json(self, obj):
+        return _pretty(obj.models_tried or None)
+
     @admin.display(description="Request")
     def request_json(self, obj):
         return _pretty(obj.request)
@@ -67,6 +333,10 @@ class GenerationAdmin(admin.ModelAdmin):
     @admin.display(description="Output")
     def output_json(self, obj):
         return _pretty(obj.output)
+
+
+def _pre(text: str):
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
 
 
 def _pretty(value):
