@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count
+from django.db.models import Count, Max
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -73,7 +73,7 @@ class PromptTemplateForm(forms.ModelForm):
             else:
                 missing = [name for name in version.payload_fields if name not in sample]
                 if missing:
-                    self.add_error("sample_payload", f"Lacks {', '.join(missing)}, which the user template uses.")
+                    self.add_error("sample_payload", f"Lacks {', '.join(missing)}, which the prompts use.")
         return cleaned
 
     def version_content(self) -> dict:
@@ -154,10 +154,12 @@ class PromptTemplateAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="Version")
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(latest_number=Max("versions__number"))
+
+    @admin.display(description="Version", ordering="latest_number")
     def current_number(self, obj):
-        current = obj.current_version
-        return f"v{current.number}" if current else "—"
+        return f"v{obj.latest_number}" if obj.latest_number else "—"
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

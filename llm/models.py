@@ -51,7 +51,8 @@ class PromptTemplateVersion(models.Model):
 
     template = models.ForeignKey(PromptTemplate, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
-    system_prompt = models.TextField(help_text="Sent as written; the answer format instruction is appended.")
+    system_prompt = models.TextField(
+        help_text="Placeholders like {brand} are filled too; the answer format instruction is appended.")
     user_template = models.TextField(
         help_text="Placeholders like {product} are filled from the payload; write {{ and }} for literal braces.")
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.JSON,
@@ -107,8 +108,8 @@ class PromptTemplateVersion(models.Model):
 
     @property
     def payload_fields(self) -> list[str]:
-        """The payload fields this version's user template needs."""
-        return prompts.placeholders(self.user_template)
+        """The payload fields this version's prompts need."""
+        return prompts.payload_fields(self.system_prompt, self.user_template)
 
     def render(self, payload: dict, mode: str | None = None) -> list[dict]:
         """The chat messages for a payload; prompts.MissingPlaceholders names the fields it lacks."""

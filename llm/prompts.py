@@ -1,6 +1,7 @@
 """Turn a prompt template and a request's payload into the chat messages sent to a model.
 
-The one place prompts are built. Placeholders are `{name}`, filled from the payload field of that name;
+The one place prompts are built. Placeholders are `{name}` in the system prompt and the user template, filled
+from the payload field of that name;
 `{{` and `}}` are literal braces. Only simple names are allowed: `str.format` on user-supplied templates would
 also evaluate `{payload.__class__}` or `{items[0]}`, so templates are parsed here and never formatted by Python.
 """
@@ -64,7 +65,7 @@ def fill(template: str, payload: dict) -> str:
 
 
 def system_message(system_prompt: str, mode: str, output_schema: dict | None) -> str:
-    """The system prompt as written, followed by what the answer must look like in this mode."""
+    """The (filled) system prompt, followed by what the answer must look like in this mode."""
     if mode == "text":
         instruction = TEXT_INSTRUCTION
     elif output_schema:
@@ -78,10 +79,18 @@ def system_message(system_prompt: str, mode: str, output_schema: dict | None) ->
 def build_messages(*, system_prompt: str, user_template: str, payload: dict, mode: str,
                    output_schema: dict | None) -> list[dict]:
     """The system and user messages for a payload; MissingPlaceholders names the fields it lacks."""
+    missing = [name for name in payload_fields(system_prompt, user_template) if name not in payload]
+    if missing:
+        raise MissingPlaceholders(missing)
     return [
-        {"role": "system", "content": system_message(system_prompt, mode, output_schema)},
+        {"role": "system", "content": system_message(fill(system_prompt, payload), mode, output_schema)},
         {"role": "user", "content": fill(user_template, payload)},
     ]
+
+
+def payload_fields(system_prompt: str, user_template: str) -> list[str]:
+    """The payload fields both prompts need, system prompt first."""
+    return list(dict.fromkeys([*placeholders(system_prompt), *placeholders(user_template)]))
 
 
 def _parse(template: str):

@@ -76,8 +76,8 @@ class Route:
         started = time.perf_counter()
         try:
             reply = provider.generate(request)
-        except GatewayError as exc:
-            entry["outcome"] = exc.type
+        except Exception as exc:
+            entry["outcome"] = getattr(exc, "type", "internal_error")
             raise
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000

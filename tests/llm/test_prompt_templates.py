@@ -62,6 +62,18 @@ def test_fill_names_every_missing_field():
     assert caught.value.names == ["product", "audience"]
 
 
+def test_the_system_prompt_is_filled_too_and_its_fields_come_first():
+    messages = build_messages(system_prompt="You write for {brand}.", user_template="About {product}.",
+                              payload={"brand": "Ocha & Co", "product": "Green tea"}, mode="text", output_schema=None)
+
+    assert messages[0]["content"].startswith("You write for Ocha & Co.")
+    assert messages[1]["content"] == "About Green tea."
+    with pytest.raises(MissingPlaceholders) as caught:
+        build_messages(system_prompt="For {brand}.", user_template="{product}", payload={}, mode="text",
+                       output_schema=None)
+    assert caught.value.names == ["brand", "product"]
+
+
 def test_the_answer_format_is_appended_to_the_system_prompt():
     schema = {"type": "object", "properties": {"caption": {"type": "string"}}}
     args = {"system_prompt": "You write.", "user_template": "Hi", "payload": {}}

@@ -94,7 +94,7 @@ def test_preview_renders_unsaved_changes_and_saves_nothing(editor, sns):
         ({"output_schema": '{"type": "objekt"}'}, "Not a valid JSON Schema"),
         ({"output_schema": '{"type": "array"}'}, "must describe an object"),
         ({"output_schema": "{not json"}, "Enter a valid JSON"),
-        ({"user_template": "About {product} for {audience}"}, "Lacks audience, which the user template uses."),
+        ({"user_template": "About {product} for {audience}"}, "Lacks audience, which the prompts use."),
         ({"options": "[1, 2]"}, "JSON object of Ollama options"),
     ],
 )
