@@ -39,7 +39,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('number', models.PositiveIntegerField()),
-                ('system_prompt', models.TextField(help_text='Sent as written; the answer format instruction is appended.')),
+                ('system_prompt', models.TextField(help_text='Placeholders like {brand} are filled too; the answer format instruction is appended.')),
                 ('user_template', models.TextField(help_text='Placeholders like {product} are filled from the payload; write {{ and }} for literal braces.')),
                 ('mode', models.CharField(choices=[('json', 'Json'), ('text', 'Text')], default='json', help_text='Used when a request names no mode.', max_length=8)),
                 ('model', models.CharField(blank=True, help_text="Tried first; empty: the gateway's OLLAMA_DEFAULT_MODEL.", max_length=200)),
