@@ -25,6 +25,13 @@ class ModelListField(forms.CharField):
         return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
+class OptionalJSONField(forms.JSONField):
+    """A JSON field that shows nothing, rather than `null`, when there is no value."""
+
+    def prepare_value(self, value):
+        return "" if value is None else super().prepare_value(value)
+
+
 class PromptTemplateForm(forms.ModelForm):
     """The template and the content of its current version; saving writes that content as a new version."""
 
@@ -41,7 +48,7 @@ class PromptTemplateForm(forms.ModelForm):
     allowed_models = ModelListField(required=False, help_text="Comma-separated: further models a request may name.")
     options = forms.JSONField(required=False, initial=dict,
                               help_text='Default Ollama options, e.g. {"temperature": 0.7}.')
-    output_schema = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
+    output_schema = OptionalJSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
                                     help_text=PromptTemplateVersion._meta.get_field("output_schema").help_text)
 
     class Meta:
@@ -93,7 +100,7 @@ def prompt_preview(version: PromptTemplateVersion | None, payload, *, unsaved: b
     """What the admin shows of a version rendered for a payload: the messages, or why they cannot be built."""
     if version is None:
         return None
-    preview = {"unsaved": unsaved, "models": version.model_chain(), "mode": version.mode, "error": None,
+    preview = {"unsaved": unsaved, "models": version.model_chain(), "error": None,
                "format": "the output schema" if version.mode == "json" and version.output_schema else
                ('"json"' if version.mode == "json" else "none (text)")}
     try:

@@ -41,10 +41,13 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         _record_failure(row, exc, started)
         raise
     except DatabaseError as exc:
-        # The templates live in the audit database: if they cannot be read, neither can the row be written.
         logger.error("prompt template not readable; generation refused", extra={"request_id": str(request_id),
                                                                                  "error": str(exc)})
-        raise AuditUnavailable("The database cannot be read, so nothing was generated. Try again later.") from None
+        refused = AuditUnavailable("The prompt templates cannot be read from the database, so nothing was "
+                                   "generated. Try again later.")
+        # If the database is down altogether, this raises AuditUnavailable itself: the row cannot be written either.
+        _record_failure(row, refused, started)
+        raise refused from None
 
     provider = get_provider()
     row.provider = provider.name

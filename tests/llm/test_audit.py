@@ -35,6 +35,23 @@ def test_no_audit_row_means_no_generation_and_503(generate, valid_request, ollam
 
 
 @pytest.mark.django_db(transaction=True)
+def test_unreadable_templates_are_503_and_audited(generate, valid_request, ollama):
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE llm_prompttemplateversion RENAME TO llm_prompttemplateversion_away")
+    try:
+        response = generate(valid_request)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE llm_prompttemplateversion_away RENAME TO llm_prompttemplateversion")
+
+    error = assert_error(response, 503, "audit_unavailable")
+    assert "prompt templates cannot be read" in error["message"]
+    assert ollama.requests == []
+    row = Generation.objects.get()
+    assert (row.status, row.error_type, str(row.id)) == ("failed", "audit_unavailable", error["request_id"])
+
+
+@pytest.mark.django_db(transaction=True)
 def test_invalid_request_without_audit_is_503_too(generate):
     with audit_table_missing():
         response = generate({"role": 1})
