@@ -20,6 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 ENVIRONMENT = "environment"
 ENV_FILE = "env_file"
 DEFAULT = "default"
+# Not a layer of the environment: the running settings differ from what start-up resolved (overridden in code
+# or by a test), so none of the three layers explains the value.
+OVERRIDE = "override"
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -151,6 +154,21 @@ class Resolved:
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
+
+    def source_of(self, name: str, effective: Any) -> str:
+        """Where the running value of a setting came from: its start-up source, or OVERRIDE if it was changed since."""
+        if name in self.values and self.values[name] == effective:
+            return self.sources[name]
+        return OVERRIDE
+
+    def describe_source(self, source: str) -> str:
+        """A source in words, for messages: "the OS environment", "/srv/gateway/.env", ..."""
+        return {
+            ENVIRONMENT: "the OS environment",
+            ENV_FILE: str(self.env_file),
+            DEFAULT: "the code default",
+            OVERRIDE: "a run-time override of Django settings",
+        }.get(source, source)
 
 
 def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS) -> Resolved:
