@@ -79,7 +79,7 @@ class SettingsReport:
 def shown(spec_or_name: SettingSpec | str, raw: Any) -> str:
     """A value as it may be displayed: passwords inside URLs masked, secrets that are not URLs hidden."""
     spec = spec_or_name if isinstance(spec_or_name, SettingSpec) else _spec(spec_or_name)
-    text = _as_text(raw)
+    text = as_text(raw)
     if "://" in text:
         return mask_url(text)
     if spec is not None and spec.secret and text:
@@ -271,7 +271,7 @@ def _effective(name: str, resolved: Resolved) -> Any:
     return getattr(settings, name, resolved.raw.get(name))
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

@@ -199,7 +199,11 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
         except ValueError as exc:
             where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
             shown = "(hidden)" if spec.secret else repr(raw)
-            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.") from None
+            hint = ""
+            if " #" in raw or "\t#" in raw:
+                hint = (" The value holds an inline comment, which django-environ keeps after an unquoted value: "
+                        "move the comment to its own line or quote the value.")
+            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.{hint}") from None
         resolved.raw[spec.name] = raw
         resolved.values[spec.name] = value
         resolved.sources[spec.name] = source

@@ -1,5 +1,8 @@
 """Resolved settings: effective values masked, their sources, and warnings about shadowed or suspicious values."""
 
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
 from gateway_project.environment import resolve
 from diagnostics.resolved_settings import proxy_warnings, resolved_settings, settings_warnings
 
@@ -117,3 +120,10 @@ def test_a_setting_changed_after_start_up_says_so(settings):
     settings.OLLAMA_BASE_URL = "http://elsewhere:11434"
     rows = {s.name: s for s in resolved_settings().settings}
     assert (rows["OLLAMA_BASE_URL"].value, rows["OLLAMA_BASE_URL"].source) == ("http://elsewhere:11434", "override")
+
+
+def test_an_inline_comment_that_breaks_a_value_is_named_in_the_start_up_error(tmp_path):
+    with pytest.raises(ImproperlyConfigured) as raised:
+        env(tmp_path, file_text="OLLAMA_TIMEOUT=30 # seconds\n")
+    assert str(raised.value).startswith(f"OLLAMA_TIMEOUT='30 # seconds' (from {tmp_path / '.env'}) is invalid")
+    assert "inline comment" in str(raised.value)
