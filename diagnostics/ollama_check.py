@@ -279,7 +279,8 @@ class _Run:
             except ValueError:
                 data = None
             message = data.get("message") if isinstance(data, dict) else None
-            if response.status_code != 200 or not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            content = message.get("content") if isinstance(message, dict) else None
+            if response.status_code != 200 or not isinstance(content, str):
                 error = data.get("error") if isinstance(data, dict) else None
                 detail = error if isinstance(error, str) else _excerpt(response.text)
                 raise _Failed(GENERATION_FAILED, f"The test generation with {report.model!r} failed with HTTP "

@@ -17,6 +17,8 @@ from gateway_project.environment import BASE_DIR, DEFAULT, ENV_FILE, ENVIRONMENT
 from gateway_project.redaction import MASK, mask_url
 
 URL_SETTINGS = ("OLLAMA_BASE_URL", "COMFYUI_BASE_URL")
+# Settings that Django settings hold only in a reshaped form, so their start-up text is what can be shown.
+RAW_ONLY = ("DATABASE_URL", "CACHE_URL", "LOG_LEVEL")
 # Under this, a live-mode request that loads a model before answering times out more often than not.
 SHORT_LIVE_TIMEOUT = 10.0
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -92,11 +94,11 @@ def resolved_settings() -> SettingsReport:
     resolved: Resolved = settings.GATEWAY_ENV
     rows = []
     for spec in SPECS:
-        effective = _effective(spec.name, resolved)
+        effective, source = _effective(spec.name, resolved)
         rows.append(ResolvedSetting(
             name=spec.name,
             value=shown(spec, effective),
-            source=resolved.source_of(spec.name, effective) if hasattr(settings, spec.name) else resolved.sources[spec.name],
+            source=source,
             secret=spec.secret,
             help=spec.help,
         ))
@@ -225,7 +227,8 @@ def _suspicious_text(spec: SettingSpec, raw: str, where: str) -> list[SettingWar
             INLINE_COMMENT, spec.name,
             f"{spec.name} ({where}) keeps the inline comment {shown(spec, comment)!r} inside its value "
             f"{shown(spec, raw)!r}: django-environ does not strip comments after an unquoted value.",
-            f"Move the comment to its own line, or quote the value: {spec.name}=\"{shown(spec, raw[:-len(comment)].rstrip())}\".",
+            f"Move the comment to its own line, or quote the value: "
+            f"{spec.name}=\"{shown(spec, raw[:-len(comment)].rstrip())}\".",
         ))
     if raw != raw.strip():
         warnings.append(SettingWarning(
@@ -264,11 +267,13 @@ def _parsed(spec: SettingSpec, raw: str) -> Any:
         return ("unparsable", raw)
 
 
-def _effective(name: str, resolved: Resolved) -> Any:
-    """What the running process uses: the Django setting of that name if there is one, else start-up's raw text."""
-    if name in ("DATABASE_URL", "CACHE_URL", "LOG_LEVEL"):
-        return resolved.raw[name]  # settings only hold their parsed, reshaped forms
-    return getattr(settings, name, resolved.raw.get(name))
+def _effective(name: str, resolved: Resolved) -> tuple[Any, str]:
+    """What the running process uses, and its source: the Django setting of that name if there is one (so a
+    run-time override shows as such), else start-up's raw text (DATABASE_URL, for one, lives on as DATABASES)."""
+    if name in RAW_ONLY or not hasattr(settings, name):
+        return resolved.raw[name], resolved.sources[name]
+    effective = getattr(settings, name)
+    return effective, resolved.source_of(name, effective)
 
 
 def as_text(value: Any) -> str:
