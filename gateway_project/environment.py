@@ -82,18 +82,28 @@ def _host_list(raw: str) -> list[str]:
     return [host.strip() for host in raw.split(",") if host.strip()]
 
 
+def _scheme(raw: str, known: dict, example: str) -> None:
+    scheme = raw.strip().split("://", 1)[0] if "://" in raw else ""
+    if scheme not in known:
+        # django-environ would accept an unknown scheme and fail only at the first query.
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(sorted(known))}, e.g. {example}")
+
+
 def _database_url(raw: str) -> dict:
+    _scheme(raw, environ.Env.DB_SCHEMES, "postgres://user:pass@host:5432/name")
     try:
         return environ.Env.db_url_config(raw.strip())
     except Exception as exc:  # django-environ raises several types for unknown schemes
-        raise ValueError(f"not a database URL ({exc}); e.g. postgres://user:pass@host:5432/name") from None
+        # The exception text may quote the URL, password included.
+        raise ValueError(f"not a database URL ({exc.__class__.__name__}); e.g. postgres://user:pass@host/name") from None
 
 
 def _cache_url(raw: str) -> dict:
+    _scheme(raw, environ.Env.CACHE_SCHEMES, "redis://127.0.0.1:6379/0")
     try:
         return environ.Env.cache_url_config(raw.strip())
     except Exception as exc:
-        raise ValueError(f"not a cache URL ({exc}); e.g. redis://127.0.0.1:6379/0 or locmemcache://") from None
+        raise ValueError(f"not a cache URL ({exc.__class__.__name__}); e.g. redis://127.0.0.1:6379/0") from None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway_project.middleware import annotate_request_log
 from llm import services
 from llm.serializers import GenerationSerializer
 
@@ -26,7 +27,7 @@ class GenerateView(APIView):
             client_ip=request.META.get("REMOTE_ADDR"),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
-        request.log_context = {"provider": generation.provider, "model": generation.model}
+        annotate_request_log(request, provider=generation.provider, model=generation.model)
         return Response(GenerationSerializer(generation).data)
 
 
