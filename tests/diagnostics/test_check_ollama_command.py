@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import OperationalError, connection
 
 from diagnostics.models import ConnectionCheck
 
@@ -30,7 +31,7 @@ def test_a_passing_check_prints_a_line_per_step_and_exits_0(ollama):
 
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].startswith(f"Ollama at {ollama.url} (OLLAMA_BASE_URL from a settings override), model qwen2.5:7b")
+    assert lines[0].startswith(f"Ollama at {ollama.url} (OLLAMA_BASE_URL from a run-time override of Django settings), model qwen2.5:7b")
     for name in ("resolve host", "connect", "GET /api/version", "GET /api/tags", "model"):
         assert any(line.startswith(f"  ✓ {name}") and " ms  " in line for line in lines), name
     assert any(line.startswith("OK in ") for line in lines)
@@ -96,6 +97,25 @@ def test_shadowing_is_named_in_the_output(ollama, gateway_env, refused_url):
     assert status == 1
     assert f"comes from the OS environment and overrides {ollama.url}" in out
     assert f"! OLLAMA_BASE_URL from the OS environment ({refused_url}) overrides the .env value ({ollama.url})" in out
+
+
+def test_a_database_that_cannot_record_the_run_does_not_stop_the_check(ollama):
+    def database_down(execute, sql, params, many, context):
+        raise OperationalError("no such table: diagnostics_connectioncheck")
+
+    with connection.execute_wrapper(database_down):
+        status, out = run()
+
+    assert status == 0
+    assert "OK in " in out
+    assert "! This run was not recorded in the check history: the database failed (no such table" in out
+
+
+def test_the_env_file_path_is_named_as_the_source(ollama, gateway_env):
+    resolved = gateway_env({}, f"OLLAMA_BASE_URL={ollama.url}\n")
+    status, out = run()
+    assert status == 0
+    assert out.startswith(f"Ollama at {ollama.url} (OLLAMA_BASE_URL from {resolved.env_file}), model qwen2.5:7b")
 
 
 def manage(*args, env):

@@ -2,6 +2,7 @@
 
 import json
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnostics.models import ConnectionCheck
@@ -30,7 +31,8 @@ class Command(BaseCommand):
 
     def write_text(self, report):
         out = self.stdout
-        out.write(f"Ollama at {report.target_url} (OLLAMA_BASE_URL from {_source_words(report.source)}), "
+        source = settings.GATEWAY_ENV.describe_source(report.source)
+        out.write(f"Ollama at {report.target_url} (OLLAMA_BASE_URL from {source}), "
                   f"model {report.model}, GENERATOR_MODE={report.mode}")
         width = max((len(step.name) for step in report.steps), default=0)
         for step in report.steps:
@@ -50,7 +52,3 @@ class Command(BaseCommand):
             for warning in report.warnings:
                 out.write(self.style.WARNING(f"  ! {warning}"))
 
-
-def _source_words(source: str) -> str:
-    return {"environment": "the OS environment", "env_file": "the env file", "default": "the code default",
-            "override": "a settings override", "argument": "an argument"}.get(source, source)
