@@ -32,6 +32,8 @@ def gateway_settings_check(app_configs=None, **kwargs):
             messages.append(checks.Error(
                 f"{spec.name}={shown(spec, value)!r} is invalid: {exc}.", hint=f"{spec.help}.", obj=spec.name,
                 id=INVALID_SETTING))
-    for warning in settings_warnings(settings.GATEWAY_ENV) + proxy_warnings(os.environ):
+    resolved = getattr(settings, "GATEWAY_ENV", None)  # absent under a settings module of another project
+    warnings = (settings_warnings(resolved) if resolved else []) + proxy_warnings(os.environ)
+    for warning in warnings:
         messages.append(checks.Warning(warning.message, hint=warning.fix, obj=warning.name, id=warning.id))
     return messages

@@ -21,9 +21,9 @@ from typing import Any, Callable
 import httpx
 from django.conf import settings
 
-from diagnostics.resolved_settings import (SettingWarning, base_url_problems, proxy_warnings, settings_warnings,
+from diagnostics.resolved_settings import (SHADOWED, SettingWarning, base_url_problems, proxy_warnings, settings_warnings,
                                            shadowing_note, shown)
-from gateway_project.environment import OVERRIDE, Resolved
+from gateway_project.environment import ENVIRONMENT, OVERRIDE, Resolved
 from gateway_project.redaction import mask_url
 
 # Seconds each probe may take when the caller names no timeout; a healthy Ollama answers these in milliseconds.
@@ -41,6 +41,8 @@ NOT_OLLAMA = "not_ollama"
 HTTP_ERROR = "http_error"
 MODEL_MISSING = "model_missing"
 GENERATION_FAILED = "generation_failed"
+# The causes in which the base URL is the likely culprit, so where it came from is part of the message.
+URL_CAUSES = (DNS_FAILURE, CONNECTION_REFUSED, TIMEOUT, NOT_OLLAMA)
 CAUSE_CODES = (INVALID_SETTING, DNS_FAILURE, CONNECTION_REFUSED, TIMEOUT, NOT_OLLAMA, HTTP_ERROR, MODEL_MISSING,
                GENERATION_FAILED)
 
@@ -149,7 +151,7 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
         if generate:
             run.generate(url, timeout if timeout is not None else max(settings.OLLAMA_TIMEOUT, probe_timeout))
     except _Failed as failed:
-        report.cause = failed.cause
+        report.cause = run.with_shadowing_fix(failed.cause)
     if settings.COMFYUI_BASE_URL:
         report.comfyui = _check_comfyui(settings.COMFYUI_BASE_URL, _safe_timeout(timeout), report)
     report.elapsed_ms = _ms(started)
@@ -186,6 +188,17 @@ class _Run:
         notes = [shadowing_note(name, self.resolved)]
         notes += [w.message for w in self.warnings if w.name == name and w.id != "diagnostics.W001"]
         return " ".join(notes)
+
+    def with_shadowing_fix(self, cause: Cause) -> Cause:
+        """A cause about the URL, when an OS variable shadows the env file's URL: the first fix is to unset it."""
+        shadowed = any(w.id == SHADOWED and w.name == "OLLAMA_BASE_URL" for w in self.warnings)
+        if cause.code not in URL_CAUSES or not shadowed or self.report.source != ENVIRONMENT:
+            return cause
+        file_value = shown("OLLAMA_BASE_URL", self.resolved.file_values["OLLAMA_BASE_URL"])
+        return Cause(cause.code, cause.message,
+                     f"`unset OLLAMA_BASE_URL` (and remove it from the service's environment) so that "
+                     f"{file_value} from {self.resolved.env_file} applies. If the OS value is the right one: "
+                     f"{cause.fix}")
 
     # -- the steps --
 

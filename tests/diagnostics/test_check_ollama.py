@@ -1,7 +1,9 @@
 """check_ollama_connection against the loopback Ollama test server and deliberately broken settings."""
 
+import json
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -179,6 +181,9 @@ def test_an_os_variable_shadowing_the_env_file_is_part_of_the_cause(ollama, gate
     assert (f"OLLAMA_BASE_URL={refused_url} comes from the OS environment and overrides {ollama.url} in "
             in report.cause.message)
     assert "unset OLLAMA_BASE_URL" in report.cause.message
+    assert report.cause.fix.startswith(f"`unset OLLAMA_BASE_URL` (and remove it from the service's environment) so "
+                                       f"that {ollama.url} from ")
+    assert "If the OS value is the right one: Start Ollama there" in report.cause.fix
     assert any(w.startswith(f"OLLAMA_BASE_URL from the OS environment ({refused_url}) overrides the .env value "
                             f"({ollama.url})") for w in report.warnings)
 
@@ -219,6 +224,36 @@ def test_comfyui_is_checked_when_configured(ollama, settings, refused_url):
     assert report.comfyui["ok"] is False
     assert report.steps[-1].name == "ComfyUI GET /system_stats" and not report.steps[-1].ok
     assert any("ComfyUI" in w and "not reachable" in w for w in report.warnings)
+
+
+class _ComfyUI(BaseHTTPRequestHandler):
+    """ComfyUI's GET /system_stats, as much of it as the check reads."""
+
+    def do_GET(self):
+        body = json.dumps({"system": {"os": "posix", "comfyui_version": "0.3.10"}, "devices": []}).encode()
+        self.send_response(200 if self.path == "/system_stats" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_reachable_comfyui_is_a_passing_step(ollama, settings):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ComfyUI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings.COMFYUI_BASE_URL = "http://127.0.0.1:%d" % server.server_address[1]
+        report = check_ollama_connection()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.ok
+    assert report.comfyui["ok"] is True
+    assert ("ComfyUI GET /system_stats", True) in step_names(report)
+    assert not any("ComfyUI" in w for w in report.warnings)
 
 
 def test_the_check_ignores_proxy_variables_like_the_gateway(ollama, monkeypatch, refused_url):

@@ -12,6 +12,9 @@ from diagnostics.services import run_connection_check
 class Command(BaseCommand):
     help = ("Check the configured Ollama step by step (DNS, TCP, /api/version, /api/tags, the model) and name the "
             "cause and fix of a failure. Exits 0 when the check passes, 1 when it fails.")
+    # The command prints the settings warnings itself, in its report; a diagnosis must also run when another
+    # system check fails.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("--generate", action="store_true", help="also run a tiny test generation")
