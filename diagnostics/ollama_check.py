@@ -183,10 +183,10 @@ class _Run:
         """Where the setting involved in a failure came from, naming a value it shadows and any warning about it."""
         if name == "OLLAMA_BASE_URL" and self.report.source == "argument":
             return "The URL was given to the check, not taken from OLLAMA_BASE_URL."
-        if self.report.source == OVERRIDE and name == "OLLAMA_BASE_URL":
-            return "OLLAMA_BASE_URL was overridden in Django settings after start-up."
+        if self.resolved.source_of(name, getattr(settings, name)) == OVERRIDE:
+            return f"{name} was overridden in Django settings after start-up."
         notes = [shadowing_note(name, self.resolved)]
-        notes += [w.message for w in self.warnings if w.name == name and w.id != "diagnostics.W001"]
+        notes += [w.message for w in self.warnings if w.name == name and w.id != SHADOWED]
         return " ".join(notes)
 
     def with_shadowing_fix(self, cause: Cause) -> Cause:

@@ -156,6 +156,14 @@ def test_model_missing_names_the_pull_command_and_the_models_there(ollama, setti
     assert report.model_available is False
     assert "Models there: qwen2.5:7b, llama3.2:1b." in report.cause.message
     assert "ollama pull mistral:7b" in report.cause.fix
+    assert "OLLAMA_DEFAULT_MODEL was overridden in Django settings after start-up." in report.cause.message
+
+
+def test_model_missing_says_where_the_default_model_came_from(ollama, gateway_env):
+    gateway_env({"OLLAMA_DEFAULT_MODEL": "mistral:7b"}, f"OLLAMA_BASE_URL={ollama.url}\n")
+    report = check_ollama_connection()
+    assert report.cause.code == "model_missing"
+    assert "OLLAMA_DEFAULT_MODEL=mistral:7b comes from the OS environment." in report.cause.message
 
 
 def test_a_model_without_a_tag_means_latest(ollama):
@@ -243,7 +251,7 @@ class _ComfyUI(BaseHTTPRequestHandler):
 
 def test_a_reachable_comfyui_is_a_passing_step(ollama, settings):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ComfyUI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         settings.COMFYUI_BASE_URL = "http://127.0.0.1:%d" % server.server_address[1]
         report = check_ollama_connection()
