@@ -21,8 +21,8 @@ from typing import Any, Callable
 import httpx
 from django.conf import settings
 
-from diagnostics.resolved_settings import (SHADOWED, SettingWarning, base_url_problems, proxy_warnings, settings_warnings,
-                                           shadowing_note, shown)
+from diagnostics.resolved_settings import (SHADOWED, SettingWarning, base_url_problems, inline_comment,
+                                           proxy_warnings, settings_warnings, shadowing_note, shown)
 from gateway_project.environment import ENVIRONMENT, OVERRIDE, Resolved
 from gateway_project.redaction import mask_url
 
@@ -337,7 +337,10 @@ def _safe_timeout(timeout: float | None) -> float:
 
 def _target(raw: str, run: _Run) -> httpx.URL:
     """The base URL to check, or invalid_setting if it cannot work as a base URL."""
-    problems = base_url_problems("OLLAMA_BASE_URL", raw or "")
+    # httpx, like the gateway's client, reads an inline " # comment" as a URL fragment and still reaches the server;
+    # the settings warning names the comment, and the check goes where the gateway would.
+    comment = inline_comment(raw or "")
+    problems = base_url_problems("OLLAMA_BASE_URL", raw[: -len(comment)] if comment else raw or "")
     if not (raw or "").strip():
         problems = [("OLLAMA_BASE_URL is empty", "Set it to Ollama's address, e.g. http://localhost:11434.")]
     if not problems:

@@ -16,7 +16,9 @@ from django.conf import settings
 from gateway_project.environment import BASE_DIR, DEFAULT, ENV_FILE, ENVIRONMENT, SPECS, Resolved, SettingSpec
 from gateway_project.redaction import MASK, mask_url
 
-URL_SETTINGS = ("OLLAMA_BASE_URL", "COMFYUI_BASE_URL")
+# Base URLs, and a path the gateway appends to each (what a base URL with a path of its own would break).
+API_PATHS = {"OLLAMA_BASE_URL": "/api/chat", "COMFYUI_BASE_URL": "/system_stats"}
+URL_SETTINGS = tuple(API_PATHS)
 # Settings that Django settings hold only in a reshaped form, so their start-up text is what can be shown.
 RAW_ONLY = ("DATABASE_URL", "CACHE_URL", "LOG_LEVEL")
 # Under this, a live-mode request that loads a model before answering times out more often than not.
@@ -180,8 +182,9 @@ def base_url_problems(name: str, raw: str) -> list[tuple[str, str]]:
     if parts.path not in ("", "/") or parts.query:
         root = f"{parts.scheme}://{parts.netloc}"
         problems.append((
-            f"{name}={shown(name, value)} has a path ({parts.path or '?' + parts.query}); the gateway adds /api/... "
-            f"itself, so requests would go to {shown(name, value.rstrip('/'))}/api/...",
+            f"{name}={shown(name, value)} has a path ({parts.path or '?' + parts.query}); the gateway appends "
+            f"paths such as {API_PATHS[name]} itself, so requests would go to "
+            f"{shown(name, value.rstrip('/'))}{API_PATHS[name]}",
             f"Use the server's root: {name}={shown(name, root)}.",
         ))
     return problems
@@ -221,7 +224,7 @@ def shadowing_note(name: str, resolved: Resolved) -> str:
 
 def _suspicious_text(spec: SettingSpec, raw: str, where: str) -> list[SettingWarning]:
     warnings = []
-    comment = _inline_comment(raw)
+    comment = inline_comment(raw)
     if comment is not None:
         warnings.append(SettingWarning(
             INLINE_COMMENT, spec.name,
@@ -247,7 +250,7 @@ def _suspicious_text(spec: SettingSpec, raw: str, where: str) -> list[SettingWar
     return warnings
 
 
-def _inline_comment(raw: str) -> str | None:
+def inline_comment(raw: str) -> str | None:
     """The ` # ...` tail that django-environ keeps in an unquoted value, if any."""
     for index, char in enumerate(raw):
         if char == "#" and index > 0 and raw[index - 1].isspace():

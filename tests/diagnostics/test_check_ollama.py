@@ -208,6 +208,16 @@ def test_an_inline_comment_in_the_env_file_is_part_of_the_cause(ollama, gateway_
     assert any("inline comment" in w for w in report.warnings)
 
 
+def test_an_inline_comment_after_the_base_url_is_warned_about_but_reaches_the_server(ollama, gateway_env):
+    # The gateway's httpx client reads " # ..." as a URL fragment, so live mode works: the check must agree.
+    gateway_env({}, f"OLLAMA_BASE_URL={ollama.url} # the GPU box\n")
+
+    report = check_ollama_connection()
+
+    assert report.ok, report.cause
+    assert any("keeps the inline comment ' # the GPU box'" in w for w in report.warnings)
+
+
 def test_a_password_in_the_base_url_is_masked_everywhere(ollama, settings):
     host = ollama.url.removeprefix("http://")
     settings.OLLAMA_BASE_URL = f"http://admin:hunter2@{host}"

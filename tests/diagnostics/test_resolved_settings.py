@@ -65,6 +65,7 @@ def test_a_base_url_with_a_path_is_warned_about(tmp_path):
     [warning] = settings_warnings(resolved)
     assert warning.id == "diagnostics.W004"
     assert "has a path (/api)" in warning.message
+    assert "requests would go to http://gpu-box:11434/api/api/chat" in warning.message
     assert "OLLAMA_BASE_URL=http://gpu-box:11434." in warning.fix
 
 
