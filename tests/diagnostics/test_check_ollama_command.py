@@ -31,7 +31,8 @@ def test_a_passing_check_prints_a_line_per_step_and_exits_0(ollama):
 
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].startswith(f"Ollama at {ollama.url} (OLLAMA_BASE_URL from a run-time override of Django settings), model qwen2.5:7b")
+    assert lines[0].startswith(
+        f"Ollama at {ollama.url} (OLLAMA_BASE_URL from a run-time override of Django settings), model qwen2.5:7b")
     for name in ("resolve host", "connect", "GET /api/version", "GET /api/tags", "model"):
         assert any(line.startswith(f"  ✓ {name}") and " ms  " in line for line in lines), name
     assert any(line.startswith("OK in ") for line in lines)
