@@ -20,6 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 ENVIRONMENT = "environment"
 ENV_FILE = "env_file"
 DEFAULT = "default"
+# Not a layer of the environment: the running settings differ from what start-up resolved (overridden in code
+# or by a test), so none of the three layers explains the value.
+OVERRIDE = "override"
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -122,7 +125,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="seconds to wait for Ollama's reply (read timeout)"),
     SettingSpec("OLLAMA_CONNECT_TIMEOUT", "5", _number(0, exclusive=True),
                 help="seconds to wait for a TCP connection to Ollama"),
-    SettingSpec("OLLAMA_DEFAULT_MODEL", "qwen2.5:7b", _text, help="model tried first for prompt templates that name none"),
+    SettingSpec("OLLAMA_DEFAULT_MODEL", "qwen2.5:7b", _text,
+                help="model tried first for prompt templates that name none"),
     SettingSpec("MOCK_RESPONSE_DELAY", "1.0", _number(0), help="seconds the mock provider waits before replying"),
     SettingSpec("COMFYUI_BASE_URL", "", _optional_url, help="optional ComfyUI server checked by diagnostics"),
     SettingSpec("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", _database_url, secret=True,
@@ -162,6 +166,21 @@ class Resolved:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
+    def source_of(self, name: str, effective: Any) -> str:
+        """Where the running value of a setting came from: its start-up source, or OVERRIDE if it was changed since."""
+        if name in self.values and self.values[name] == effective:
+            return self.sources[name]
+        return OVERRIDE
+
+    def describe_source(self, source: str) -> str:
+        """A source in words, for messages: "the OS environment", "/srv/gateway/.env", ..."""
+        return {
+            ENVIRONMENT: "the OS environment",
+            ENV_FILE: str(self.env_file),
+            DEFAULT: "the code default",
+            OVERRIDE: "a run-time override of Django settings",
+        }.get(source, source)
+
 
 def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS) -> Resolved:
     """Resolve every setting from the OS environment, then the env file (ENV_FILE or ./.env), then the default.
@@ -191,7 +210,11 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
         except ValueError as exc:
             where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
             shown = "(hidden)" if spec.secret else repr(raw)
-            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.") from None
+            hint = ""
+            if " #" in raw or "\t#" in raw:
+                hint = (" The value holds an inline comment, which django-environ keeps after an unquoted value: "
+                        "move the comment to its own line or quote the value.")
+            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.{hint}") from None
         resolved.raw[spec.name] = raw
         resolved.values[spec.name] = value
         resolved.sources[spec.name] = source

@@ -20,7 +20,7 @@ COMFYUI_BASE_URL = env["COMFYUI_BASE_URL"]
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

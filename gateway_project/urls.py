@@ -1,9 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from diagnostics.views import healthz, readyz
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/llm/", include("llm.urls")),
+    path("api/v1/debug/", include("diagnostics.urls")),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
 ]
 
 handler400 = "llm.errors.bad_request"

@@ -181,8 +181,9 @@ class Generation(models.Model):
     # PROTECT: the trace from an audit row to the exact prompt text that produced it must survive.
     template_version = models.ForeignKey(PromptTemplateVersion, null=True, blank=True, on_delete=models.PROTECT,
                                          related_name="generations")
-    models_tried = models.JSONField(default=list, blank=True,
-                                    help_text='Each call in order: {"model": ..., "outcome": "succeeded" or the error}.')
+    models_tried = models.JSONField(
+        default=list, blank=True,
+        help_text='Each call in order: {"model": ..., "outcome": "succeeded" or the error}.')
 
     class Meta:
         ordering = ["-created_at"]

@@ -59,7 +59,8 @@ def test_a_reply_that_misses_the_schema_is_asked_for_once_more(generate, valid_r
     "reply, complaint",
     [
         ('{"caption": "Tea time", "hashtags": ["#tea"]}', "'call_to_action' is a required property at $."),
-        ('{"caption": "Tea", "hashtags": "#tea", "call_to_action": "Buy"}', "'#tea' is not of type 'array' at $.hashtags."),
+        ('{"caption": "Tea", "hashtags": "#tea", "call_to_action": "Buy"}',
+         "'#tea' is not of type 'array' at $.hashtags."),
         ('{"caption": "Tea", "hashtags": [], "call_to_action": "Buy"}', "should be non-empty at $.hashtags."),
         ('{"caption": "' + "x" * 300 + '", "hashtags": ["#t"], "call_to_action": "Buy"}', "is too long at $.caption."),
         ('{"caption": "Tea", "hashtags": ["#t"], "call_to_action": "Buy", "extra": 1}',
