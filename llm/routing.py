@@ -1,4 +1,4 @@
-"""Which models a request may use, and trying them in order until one answers with a usable reply.
+"""Which models a request may use, and asking them in order until one answers.
 
 Fallback rule: the next model is tried only when the failure belongs to the model, not to the server:
 - model_not_found (Ollama's 404: the model is not pulled there), and
@@ -13,14 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from llm.errors import GatewayError, InvalidOutput, InvalidRequest, ModelFailed, ModelNotFound
+from llm.errors import GatewayError, InvalidRequest, ModelFailed, ModelNotFound
 from llm.models import PromptTemplateVersion
-from llm.output_schema import read_output
 from llm.providers import GenerationRequest, ProviderReply
 
 FALLBACK_ON = (ModelNotFound, ModelFailed)
-# An invalid JSON reply is asked for again once on the same model; sampling often gets it right the second time.
-OUTPUT_ATTEMPTS = 2
 
 
 def candidate_models(version: PromptTemplateVersion, requested: str | None) -> list[str]:
@@ -46,29 +43,24 @@ class Route:
         self.models = models
         self.tried: list[dict] = []  # {"model": ..., "outcome": "succeeded" | error type}, one per provider call
         self.upstream_ms = 0.0
-        self.last_reply: ProviderReply | None = None
+        self._first = 0  # the model asked first: the one that answered last
 
-    def run(self, provider, request: GenerationRequest):
-        """The first usable (reply, output); raises the GatewayError the client is answered with."""
+    def ask(self, provider, request: GenerationRequest) -> ProviderReply:
+        """A reply from the first model that answers, from the one that answered last on; else the error."""
         failures: list[GatewayError] = []
-        for model in self.models:
+        for index in range(self._first, len(self.models)):
             try:
-                return self._generate(provider, replace(request, model=model))
+                reply = self._call(provider, replace(request, model=self.models[index]))
             except FALLBACK_ON as exc:
                 failures.append(exc)
+                continue
+            self._first = index
+            return reply
         raise _exhausted(failures, self.tried)
 
-    def _generate(self, provider, request: GenerationRequest):
-        for attempt in range(1, OUTPUT_ATTEMPTS + 1):
-            reply = self._call(provider, request)
-            try:
-                output = read_output(reply.content, request.mode, request.output_schema)
-            except InvalidOutput as exc:
-                self.tried[-1]["outcome"] = exc.type
-                if attempt == OUTPUT_ATTEMPTS:
-                    raise
-                continue
-            return reply, output
+    def reject(self, error: GatewayError) -> None:
+        """Record that the last reply could not be used."""
+        self.tried[-1]["outcome"] = error.type
 
     def _call(self, provider, request: GenerationRequest) -> ProviderReply:
         entry = {"model": request.model, "outcome": "pending"}
@@ -82,7 +74,6 @@ class Route:
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         entry["outcome"] = "succeeded"
-        self.last_reply = reply
         return reply
 
 

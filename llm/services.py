@@ -10,8 +10,10 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
-from llm.errors import AuditUnavailable, GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, PayloadTooLarge,
+                        UnsupportedMediaType)
 from llm.models import Generation, PromptTemplateVersion
+from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
 from llm.routing import Route, candidate_models
@@ -61,11 +63,18 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
 
     route = Route(models)
+    reply = None
     try:
-        reply, output = route.run(provider, request)
+        reply = route.ask(provider, request)
+        try:
+            output = _read_output(route, reply, request)
+        except InvalidOutput:
+            # Sampling often gets it right the second time: the model that answered is asked once more.
+            logger.info("json-mode reply unusable; asking once more", extra={"request_id": str(request_id)})
+            reply = route.ask(provider, request)
+            output = _read_output(route, reply, request)
     except GatewayError as exc:
         row.models_tried = route.tried
-        reply = route.last_reply
         _record_failure(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
                         raw_output=reply.content if reply and exc.type == "invalid_output" else "")
         raise
@@ -156,6 +165,15 @@ def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[di
             f"Its payload fields: {', '.join(version.payload_fields)}.",
             details={"payload": {name: ["Required by the template."] for name in exc.names}},
         ) from None
+
+
+def _read_output(route: Route, reply, request: GenerationRequest):
+    """The reply as the client gets it; InvalidOutput (recorded against the call) if it is not usable."""
+    try:
+        return read_output(reply.content, request.mode, request.output_schema)
+    except InvalidOutput as exc:
+        route.reject(exc)
+        raise
 
 
 def _unstorable(value, path: str = "body", depth: int = 0) -> str | None:
