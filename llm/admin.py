@@ -25,11 +25,13 @@ class ModelListField(forms.CharField):
         return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
-class OptionalJSONField(forms.JSONField):
-    """A JSON field that shows nothing, rather than `null`, when there is no value."""
+class IndentedJSONField(forms.JSONField):
+    """JSON shown indented for editing, and nothing rather than `null` when there is no value."""
 
     def prepare_value(self, value):
-        return "" if value is None else super().prepare_value(value)
+        if value is None or isinstance(value, forms.fields.InvalidJSONInput):
+            return "" if value is None else value
+        return json.dumps(value, ensure_ascii=False, indent=2)
 
 
 class PromptTemplateForm(forms.ModelForm):
@@ -46,9 +48,9 @@ class PromptTemplateForm(forms.ModelForm):
     fallback_models = ModelListField(required=False, help_text="Comma-separated, tried in this order when a model "
                                                                "is missing or fails to run.")
     allowed_models = ModelListField(required=False, help_text="Comma-separated: further models a request may name.")
-    options = forms.JSONField(required=False, initial=dict,
+    options = IndentedJSONField(required=False, initial=dict,
                               help_text='Default Ollama options, e.g. {"temperature": 0.7}.')
-    output_schema = OptionalJSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
+    output_schema = IndentedJSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
                                     help_text=PromptTemplateVersion._meta.get_field("output_schema").help_text)
 
     class Meta:

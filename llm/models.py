@@ -46,8 +46,8 @@ class PromptTemplateVersion(models.Model):
     """
 
     class Mode(models.TextChoices):
-        JSON = "json"
-        TEXT = "text"
+        JSON = "json", "json"
+        TEXT = "text", "text"
 
     template = models.ForeignKey(PromptTemplate, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()

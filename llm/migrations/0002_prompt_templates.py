@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
                 ('number', models.PositiveIntegerField()),
                 ('system_prompt', models.TextField(help_text='Placeholders like {brand} are filled too; the answer format instruction is appended.')),
                 ('user_template', models.TextField(help_text='Placeholders like {product} are filled from the payload; write {{ and }} for literal braces.')),
-                ('mode', models.CharField(choices=[('json', 'Json'), ('text', 'Text')], default='json', help_text='Used when a request names no mode.', max_length=8)),
+                ('mode', models.CharField(choices=[('json', 'json'), ('text', 'text')], default='json', help_text='Used when a request names no mode.', max_length=8)),
                 ('model', models.CharField(blank=True, help_text="Tried first; empty: the gateway's OLLAMA_DEFAULT_MODEL.", max_length=200)),
                 ('fallback_models', models.JSONField(blank=True, default=list, help_text='Tried in order when a model is missing or fails to run.')),
                 ('allowed_models', models.JSONField(blank=True, default=list, help_text='Further models a request may name (besides model and fallbacks).')),
