@@ -49,9 +49,9 @@ class PromptTemplateForm(forms.ModelForm):
                                                                "is missing or fails to run.")
     allowed_models = ModelListField(required=False, help_text="Comma-separated: further models a request may name.")
     options = IndentedJSONField(required=False, initial=dict,
-                              help_text='Default Ollama options, e.g. {"temperature": 0.7}.')
+                                help_text='Default Ollama options, e.g. {"temperature": 0.7}.')
     output_schema = IndentedJSONField(required=False, widget=forms.Textarea(attrs={"rows": 12, "cols": 100}),
-                                    help_text=PromptTemplateVersion._meta.get_field("output_schema").help_text)
+                                      help_text=PromptTemplateVersion._meta.get_field("output_schema").help_text)
 
     class Meta:
         model = PromptTemplate

@@ -38,6 +38,15 @@ def current_version_for(role: str, task: str) -> PromptTemplateVersion:
     )
 
 
+def template_catalog() -> dict:
+    """What consumers discover: {"roles": {role: [task, ...]}, "templates": [active templates]}."""
+    templates = active_templates()
+    roles: dict[str, list[str]] = {}
+    for template in templates:
+        roles.setdefault(template.role, []).append(template.task)
+    return {"roles": roles, "templates": templates}
+
+
 def active_templates() -> list[PromptTemplate]:
     """Active templates with their current version as `.current`, ordered by role and task."""
     templates = PromptTemplate.objects.filter(is_active=True).prefetch_related(

@@ -66,3 +66,11 @@ class PromptTemplateSerializer(serializers.Serializer):
     allowed_models = serializers.ListField(source="current.allowed_model_names", child=serializers.CharField(),
                                            help_text="The models a request may name.")
     output_schema = serializers.JSONField(source="current.output_schema")
+
+
+class TemplateCatalogSerializer(serializers.Serializer):
+    """GET /api/v1/llm/templates: every active role with its tasks, and the templates themselves."""
+
+    roles = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                  help_text='Each role and its tasks, e.g. {"marketer": ["campaign_brief"]}.')
+    templates = PromptTemplateSerializer(many=True)

@@ -5,7 +5,7 @@ from rest_framework.views import APIView
 
 from gateway_project.middleware import annotate_request_log
 from llm import selectors, services
-from llm.serializers import GenerationSerializer, PromptTemplateSerializer
+from llm.serializers import GenerationSerializer, TemplateCatalogSerializer
 
 
 class GenerateView(APIView):
@@ -38,11 +38,7 @@ class TemplateListView(APIView):
     permission_classes = [AllowAny]
 
     def get(self, request):
-        templates = selectors.active_templates()
-        roles: dict[str, list[str]] = {}
-        for template in templates:
-            roles.setdefault(template.role, []).append(template.task)
-        return Response({"roles": roles, "templates": PromptTemplateSerializer(templates, many=True).data})
+        return Response(TemplateCatalogSerializer(selectors.template_catalog()).data)
 
 
 def _read_body(request) -> tuple[bytes, int]:
