@@ -78,7 +78,8 @@ def test_no_model_left_is_404_with_a_pull_command_for_each(call, ollama):
     assert [t["outcome"] for t in row.models_tried] == ["model_not_found"] * 3
 
 
-def test_a_model_that_fails_to_run_falls_back(call, ollama):
+def test_a_model_that_fails_to_run_falls_back(call, ollama, settings):
+    settings.OLLAMA_MAX_RETRIES = 0  # the provider's own retries of a 500 are tested in test_retries.py
     ollama.models[:] = ["primary:7b", "backup:3b"]
     ollama.reply = REPLY
     ollama.fault("status", times=1, status=500, message="model requires more system memory (9.1 GiB) than is available")
@@ -91,7 +92,8 @@ def test_a_model_that_fails_to_run_falls_back(call, ollama):
                                        {"model": "backup:3b", "outcome": "succeeded"}]
 
 
-def test_when_every_model_fails_the_first_real_failure_is_answered(call, ollama):
+def test_when_every_model_fails_the_first_real_failure_is_answered(call, ollama, settings):
+    settings.OLLAMA_MAX_RETRIES = 0
     ollama.models[:] = ["primary:7b"]  # the fallbacks are not pulled
     ollama.fault("status", times=1, status=500, message="llama runner process has terminated: exit status 2")
 
@@ -115,7 +117,7 @@ def test_a_server_fault_does_not_fall_back(call, ollama, fault, params, status, 
 
     assert_error(call(), status, type_)
 
-    assert models_sent(ollama) == ["primary:7b"]
+    assert set(models_sent(ollama)) == {"primary:7b"}  # perhaps more than once: the provider retries some faults
     assert len(only_row().models_tried) == 1
 
 
