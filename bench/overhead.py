@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import os
 import platform
@@ -84,9 +85,15 @@ STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
-# The request every iteration sends to the gateway; the direct request is what the gateway makes of it.
+# The request every iteration sends to the gateway; the direct request is what the gateway makes of it with the
+# shipped copywriter/sns template, which a freshly migrated database holds as version 1.
 ROLE, TASK = "copywriter", "sns"
 PAYLOAD = {"product": "Green tea", "tone": "calm", "audience": "office workers"}
+SHIPPED = importlib.import_module("llm.migrations.0003_seed_prompt_templates")
+TEMPLATE = next(t for t in SHIPPED.TEMPLATES if (t["role"], t["task"]) == (ROLE, TASK))
+# What the fake Ollama answers: valid against the template's output schema, so that json mode succeeds.
+REPLY = json.dumps({"caption": "Slow down with a cup of green tea.", "hashtags": ["#greentea", "#calm"],
+                    "call_to_action": "Try it today"})
 
 # Run in a subprocess with the gateway's environment, so that rows are counted through the same settings
 # (and database URL parsing) as the gateway itself uses.
@@ -189,7 +196,7 @@ def start_fake_ollama(stack: contextlib.ExitStack, workdir: Path) -> str:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(PROJECT_ROOT / "tests" / "fake_ollama.py"), "--host", "127.0.0.1", "--port", "0",
-             "--model", MODEL],
+             "--model", MODEL, "--reply", REPLY],
             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: Ctrl-C reaches us, and we stop it in order
         )
@@ -335,10 +342,13 @@ def audit_counts(env: dict[str, str]) -> dict:
 def request_bodies(mode: str) -> tuple[bytes, bytes]:
     """The gateway request, and the Ollama request the gateway turns it into (same bytes httpx would send)."""
     gateway = {"role": ROLE, "task": TASK, "payload": PAYLOAD, "mode": mode}
-    upstream = {"model": MODEL, "messages": build_messages(role=ROLE, task=TASK, payload=PAYLOAD, mode=mode),
-                "stream": False}
+    schema = TEMPLATE["output_schema"]
+    messages = build_messages(system_prompt=TEMPLATE["system_prompt"], user_template=TEMPLATE["user_template"],
+                              payload=PAYLOAD, mode=mode, output_schema=schema)
+    upstream = {"model": MODEL, "messages": messages, "stream": False}
     if mode == "json":
-        upstream["format"] = "json"
+        upstream["format"] = schema
+    upstream["options"] = TEMPLATE["options"]
 
     def encode(obj: dict) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

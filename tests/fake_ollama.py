@@ -594,8 +594,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", dest="models", help="model to offer (repeatable)")
     parser.add_argument("--ollama-version", default="0.5.7")
+    parser.add_argument("--reply", help="the content every chat/generate reply carries (default: an echo)")
     args = parser.parse_args(argv)
-    fake = FakeOllama(args.host, args.port, args.models or DEFAULT_MODELS, args.ollama_version).start()
+    fake = FakeOllama(args.host, args.port, args.models or DEFAULT_MODELS, args.ollama_version)
+    fake.reply = args.reply
+    fake.start()
     print(f"fake Ollama on {fake.url} with {', '.join(fake.models)} (Ctrl-C stops)", flush=True)
     try:
         while True:
