@@ -29,12 +29,11 @@ def current_version_for(role: str, task: str) -> PromptTemplateVersion:
         raise InvalidRequest(
             f"Unknown role {role!r}. Known roles: {', '.join(known) or '(none)'}. "
             "GET /api/v1/llm/templates lists roles, tasks and their payload fields.",
-            details={"role": [f"Unknown role. Known roles: {', '.join(known)}."], "known": known},
+            details={"role": [f"Unknown role. Known roles: {', '.join(known)}."]},
         )
     raise InvalidRequest(
         f"Unknown task {task!r} for role {role!r}. Known tasks for {role}: {', '.join(known[role])}.",
-        details={"task": [f"Unknown task for role {role}. Known tasks: {', '.join(known[role])}."],
-                 "known": known},
+        details={"task": [f"Unknown task for role {role}. Known tasks: {', '.join(known[role])}."]},
     )
 
 

@@ -190,19 +190,18 @@ def test_payload_fields_the_template_does_not_use_are_ignored(generate, valid_re
 
 
 @pytest.mark.parametrize(
-    "role, task, listed",
+    "role, task, listed, field",
     [
-        ("designer", "sns", "Unknown role 'designer'. Known roles: copywriter, marketer."),
-        ("copywriter", "poem", "Known tasks for copywriter: ad_headline, product_description, sns."),
-        ("marketer", "sns", "Known tasks for marketer: campaign_brief."),
+        ("designer", "sns", "Unknown role 'designer'. Known roles: copywriter, marketer.", "role"),
+        ("copywriter", "poem", "Known tasks for copywriter: ad_headline, product_description, sns.", "task"),
+        ("marketer", "sns", "Known tasks for marketer: campaign_brief.", "task"),
     ],
 )
-def test_an_unknown_role_or_task_is_400_listing_the_known_ones(generate, role, task, listed):
+def test_an_unknown_role_or_task_is_400_listing_the_known_ones(generate, role, task, listed, field):
     error = assert_error(generate({"role": role, "task": task, "payload": {}}), 400, "invalid_request")
 
     assert listed in error["message"]
-    assert error["details"]["known"] == {"copywriter": ["ad_headline", "product_description", "sns"],
-                                         "marketer": ["campaign_brief"]}
+    assert list(error["details"]) == [field]
     assert only_row().template_version is None
 
 
@@ -211,7 +210,8 @@ def test_an_inactive_template_is_unknown(generate, valid_request):
 
     error = assert_error(generate(valid_request), 400, "invalid_request")
 
-    assert "Unknown task 'sns'" in error["message"] and "sns" not in error["details"]["known"]["copywriter"]
+    assert "Unknown task 'sns'" in error["message"]
+    assert "Known tasks for copywriter: ad_headline, product_description." in error["message"]
 
 
 def test_every_generation_traces_to_the_exact_version_that_built_its_prompt(generate, valid_request):
