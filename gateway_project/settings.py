@@ -1,13 +1,35 @@
 """Django settings for the LLM Gateway. Every tunable value comes from gateway_project.environment."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from gateway_project.environment import BASE_DIR, resolve
 
 GATEWAY_ENV = resolve()
 env = GATEWAY_ENV.values
 
-SECRET_KEY = env["SECRET_KEY"]
 DEBUG = env["DEBUG"]
+# Sessions (admin logins) are signed with this key. A published default would let anyone forge them, so it
+# is accepted only for local development with DEBUG on.
+DEV_SECRET_KEY = "django-insecure-dev-only-never-use-this-key-outside-a-developer-machine"
+SECRET_KEY = env["SECRET_KEY"] or (DEV_SECRET_KEY if DEBUG else "")
+if not DEBUG and (not SECRET_KEY or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a long random value when DEBUG is off, e.g. "
+        "SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(50))'); "
+        "for local development set DEBUG=true instead."
+    )
 ALLOWED_HOSTS = env["ALLOWED_HOSTS"]
+
+# HTTPS behind a TLS-terminating proxy: trust its X-Forwarded-Proto, keep cookies on HTTPS, send HSTS.
+# Off by default so that the quickstart works over plain http://127.0.0.1.
+if env["BEHIND_TLS_PROXY"]:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env["SECURE_HSTS_SECONDS"]
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env["SECURE_HSTS_INCLUDE_SUBDOMAINS"]
+    SECURE_HSTS_PRELOAD = env["SECURE_HSTS_PRELOAD"]
 
 # Gateway
 GENERATOR_MODE = env["GENERATOR_MODE"]
@@ -17,7 +39,13 @@ OLLAMA_CONNECT_TIMEOUT = env["OLLAMA_CONNECT_TIMEOUT"]
 OLLAMA_DEFAULT_MODEL = env["OLLAMA_DEFAULT_MODEL"]
 MOCK_RESPONSE_DELAY = env["MOCK_RESPONSE_DELAY"]
 COMFYUI_BASE_URL = env["COMFYUI_BASE_URL"]
+OLLAMA_MAX_RETRIES = env["OLLAMA_MAX_RETRIES"]
+OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
 GENERATE_MAX_BODY_BYTES = 64 * 1024
+RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
+# The counting window; only tests shorten or lengthen it.
+RATE_LIMIT_WINDOW_SECONDS = 60
+REDACT_KEYS = env["REDACT_KEYS"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",

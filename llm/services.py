@@ -10,9 +10,10 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
-from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, PayloadTooLarge,
-                        UnsupportedMediaType)
-from llm.models import Generation
+from llm import api_keys, rate_limits
+from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, NotAuthenticated,
+                        PayloadTooLarge, UnsupportedMediaType)
+from llm.models import ApiKey, Generation
 from llm.prompts import build_messages
 from llm.providers import GenerationRequest, get_provider
 from llm.serializers import GenerateRequestSerializer
@@ -23,15 +24,21 @@ MAX_DEPTH = 32
 
 
 def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-             client_ip: str | None = None, user_agent: str = "") -> Generation:
+             api_key: ApiKey | None, refusal: NotAuthenticated | None = None, client_ip: str | None = None,
+             user_agent: str = "") -> Generation:
     """Answer one generation request; return the completed audit row or raise the GatewayError answered.
 
-    Whatever happens, the attempt leaves exactly one Generation row. If that row cannot be written,
-    nothing is generated and AuditUnavailable is raised.
+    `api_key` is the caller's verified key; `refusal` why the key presented was refused. Whatever happens, the
+    attempt leaves exactly one Generation row. If that row cannot be written, nothing is generated and
+    AuditUnavailable is raised.
     """
     row = Generation(id=request_id, request_bytes=body_size, client_ip=client_ip or None,
                      user_agent=(user_agent or "")[:512])
+    known_key = api_key or getattr(refusal, "api_key", None)
+    if known_key is not None:
+        row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
     try:
+        _admit(api_key, refusal)
         data = _parse(body, body_size, content_type)
         row.request = _storable(data)
         _describe(row, data)
@@ -67,6 +74,16 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
               completion_tokens=reply.completion_tokens, upstream_ms=reply.upstream_ms,
               latency_ms=_elapsed_ms(started))
     return row
+
+
+def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
+    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed."""
+    if refusal is not None:
+        raise refusal
+    if api_key is None:
+        raise api_keys.missing_key()
+    # Counted after authentication: unauthenticated traffic must not use up a consumer's allowance.
+    rate_limits.count_request(api_key.consumer)
 
 
 def _parse(body: bytes, body_size: int, content_type: str):

@@ -1,7 +1,10 @@
 import json
 
 import pytest
+from django.core.cache import cache
 
+from llm import api_keys
+from llm.models import Consumer
 from tests.fake_ollama import FakeOllama, free_port_refused
 
 GENERATE_URL = "/api/v1/llm/generate"
@@ -11,6 +14,14 @@ GENERATE_URL = "/api/v1/llm/generate"
 def _no_mock_delay(settings):
     """The mock's one-second think time is for people watching a demo, not for a test suite."""
     settings.MOCK_RESPONSE_DELAY = 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +48,27 @@ def refused_url():
 
 
 @pytest.fixture
-def generate(client):
-    """POST a generation request the way an API consumer would; a dict is sent as JSON."""
+def consumer(db):
+    return Consumer.objects.create(name="test-team")
 
-    def post(body=None, *, raw=None, content_type="application/json", **extra):
+
+@pytest.fixture
+def api_key(consumer):
+    """A valid key of the test consumer, as the client sends it."""
+    return api_keys.issue_key(consumer)[1]
+
+
+@pytest.fixture
+def generate(client, api_key):
+    """POST a generation request the way an API consumer would: a dict is sent as JSON, with a valid API key.
+
+    key=None sends no key; key="..." sends that one. Extra headers go in as HTTP_... keyword arguments.
+    """
+
+    def post(body=None, *, raw=None, content_type="application/json", key=api_key, **extra):
         data = raw if raw is not None else json.dumps(body if body is not None else {})
+        if key is not None:
+            extra.setdefault("HTTP_AUTHORIZATION", f"Bearer {key}")
         return client.post(GENERATE_URL, data=data, content_type=content_type, **extra)
 
     return post

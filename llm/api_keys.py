@@ -1,0 +1,97 @@
+"""Issuing and checking consumers' API keys.
+
+A key reads gw_<prefix>_<secret>: the prefix (shown in admin and in the audit log) tells keys apart, the
+secret makes the key unguessable. Only the SHA-256 of the whole key is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from llm.errors import AuthenticationFailed, NotAuthenticated
+from llm.models import ApiKey, Consumer
+
+KEY_PREFIX = "gw_"
+# last_used_at is written at most this often per key, so that checking a key rarely costs a write.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class KeyRefused(AuthenticationFailed):
+    """A key was presented and refused. `api_key` is the stored key when it was recognised (revoked, expired)."""
+
+    def __init__(self, message: str, *, api_key: ApiKey | None = None):
+        super().__init__(message)
+        self.api_key = api_key
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def assign_secret(key: ApiKey) -> str:
+    """Give an unsaved ApiKey a new random key (its prefix and hash); return the raw key, never available again."""
+    # The prefix avoids "_" so that gw_<prefix>_<secret> splits unambiguously when read back by a person.
+    key.prefix = secrets.token_hex(ApiKey.PREFIX_LENGTH // 2)
+    raw = f"{KEY_PREFIX}{key.prefix}_{secrets.token_urlsafe(32)}"
+    key.hash = hash_key(raw)
+    return raw
+
+
+def issue_key(consumer: Consumer, *, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """Create a key for the consumer; return the stored row and the raw key."""
+    key = ApiKey(consumer=consumer, expires_at=expires_at)
+    raw = assign_secret(key)
+    key.save(force_insert=True)
+    return key, raw
+
+
+def revoke(keys) -> int:
+    """Revoke the keys of a queryset that are not revoked yet; return how many were."""
+    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def presented_key(meta: dict) -> str | None:
+    """The key a request presents, from `Authorization: Bearer <key>` or `X-API-Key: <key>`; None if neither.
+
+    Raises NotAuthenticated-family errors for an Authorization header of another scheme or an empty key.
+    """
+    authorization = meta.get("HTTP_AUTHORIZATION", "").strip()
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise KeyRefused("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+        if not credentials.strip():
+            raise KeyRefused("The Authorization header holds no API key after 'Bearer'.")
+        return credentials.strip()
+    header = meta.get("HTTP_X_API_KEY")
+    if header is not None:
+        if not header.strip():
+            raise KeyRefused("The X-API-Key header is empty.")
+        return header.strip()
+    return None
+
+
+def verify(raw: str) -> ApiKey:
+    """The active ApiKey (with its consumer) that `raw` is, or KeyRefused saying why not.
+
+    The message never repeats the presented key: error bodies and audit rows must not carry it.
+    """
+    key = ApiKey.objects.select_related("consumer").filter(hash=hash_key(raw)).first()
+    if key is None:
+        raise KeyRefused("The API key is not valid.")
+    now = timezone.now()
+    refusal = key.refusal(now)
+    if refusal:
+        raise KeyRefused(refusal, api_key=key)
+    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+def missing_key() -> NotAuthenticated:
+    return NotAuthenticated("An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
