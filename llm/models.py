@@ -116,9 +116,11 @@ class Generation(models.Model):
     def __str__(self):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
 
-    def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float):
+    def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
+                attempts: int = 1):
         """Record a successful reply."""
         self.status = self.Status.SUCCEEDED
+        self.attempts = attempts
         self.http_status = 200
         self.output = output
         self.model = model[: self.SHORT]
@@ -128,9 +130,10 @@ class Generation(models.Model):
         self._finish(latency_ms)
 
     def fail(self, *, error_type: str, message: str, http_status: int, latency_ms: float,
-             upstream_ms: float | None = None, raw_output: str = ""):
+             upstream_ms: float | None = None, raw_output: str = "", attempts: int = 0):
         """Record a failed attempt with the error the client was answered with."""
         self.status = self.Status.FAILED
+        self.attempts = attempts
         self.http_status = http_status
         self.error_type = error_type
         self.error_message = message

@@ -15,7 +15,7 @@ from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRe
                         PayloadTooLarge, UnsupportedMediaType)
 from llm.models import ApiKey, Generation
 from llm.prompts import build_messages
-from llm.providers import GenerationRequest, get_provider
+from llm.providers import GenerationRequest, ProviderReply, get_provider
 from llm.serializers import GenerateRequestSerializer
 
 logger = logging.getLogger("llm.services")
@@ -58,21 +58,29 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
                                                                           "error": str(exc)})
         raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
 
-    reply = None
+    attempts, reply = 0, None
     try:
-        reply = provider.generate(request)
-        output = _output(reply.content, request.mode)
+        reply, attempts = _ask(provider, request, attempts)
+        try:
+            output = _output(reply.content, request.mode)
+        except InvalidOutput:
+            # A model that answers prose instead of JSON usually complies when asked again; once is enough.
+            logger.info("json-mode reply is not an object; asking once more", extra={"request_id": str(request_id)})
+            reply, attempts = _ask(provider, request, attempts)
+            output = _output(reply.content, request.mode)
     except GatewayError as exc:
         _record_failure(row, exc, started, upstream_ms=reply.upstream_ms if reply else None,
-                        raw_output=reply.content if reply else "")
+                        raw_output=reply.content if reply else "",
+                        attempts=exc.attempts if exc.attempts is not None else attempts)
         raise
     except Exception as exc:
         logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
-        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started)
+        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started,
+                        attempts=attempts)
         raise
     _complete(row, row.succeed, output=output, model=reply.model, prompt_tokens=reply.prompt_tokens,
               completion_tokens=reply.completion_tokens, upstream_ms=reply.upstream_ms,
-              latency_ms=_elapsed_ms(started))
+              latency_ms=_elapsed_ms(started), attempts=attempts)
     return row
 
 
@@ -84,6 +92,16 @@ def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
         raise api_keys.missing_key()
     # Counted after authentication: unauthenticated traffic must not use up a consumer's allowance.
     rate_limits.count_request(api_key.consumer)
+
+
+def _ask(provider, request: GenerationRequest, attempts: int) -> tuple[ProviderReply, int]:
+    """The provider's reply and the attempts made so far in total; a provider error carries that total too."""
+    try:
+        reply = provider.generate(request)
+    except GatewayError as exc:
+        exc.attempts = attempts + (exc.attempts or 1)
+        raise
+    return reply, attempts + reply.attempts
 
 
 def _parse(body: bytes, body_size: int, content_type: str):
@@ -196,9 +214,10 @@ def _output(content: str, mode: str):
 
 
 def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
-                    raw_output: str = "") -> None:
+                    raw_output: str = "", attempts: int = 0) -> None:
     _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
-              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output))
+              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output),
+              attempts=attempts)
 
 
 def _complete(row: Generation, transition, **fields) -> None:

@@ -14,6 +14,8 @@ GENERATE_URL = "/api/v1/llm/generate"
 def _no_mock_delay(settings):
     """The mock's one-second think time is for people watching a demo, not for a test suite."""
     settings.MOCK_RESPONSE_DELAY = 0
+    # Retries stay on (OLLAMA_MAX_RETRIES=2 as in production) but pause for milliseconds.
+    settings.OLLAMA_RETRY_BACKOFF = 0.001
 
 
 @pytest.fixture(autouse=True)
