@@ -10,6 +10,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
+from gateway_project.redaction import mask_secrets
 from llm import api_keys, rate_limits
 from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, NotAuthenticated,
                         PayloadTooLarge, UnsupportedMediaType)
@@ -39,7 +40,8 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
     try:
         _admit(api_key, refusal)
-        data = _parse(body, body_size, content_type)
+        # Secrets are masked first: neither the audit log nor the model ever sees them.
+        data = mask_secrets(_parse(body, body_size, content_type), settings.REDACT_KEYS)
         row.request = _storable(data)
         _describe(row, data)
         request = _validate(data)
