@@ -7,13 +7,17 @@ secret makes the key unguessable. Only the SHA-256 of the whole key is stored.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from datetime import datetime, timedelta
 
+from django.db import DatabaseError
 from django.utils import timezone
 
-from llm.errors import AuthenticationFailed, NotAuthenticated
+from llm.errors import AuditUnavailable, AuthenticationFailed, NotAuthenticated
 from llm.models import ApiKey, Consumer
+
+logger = logging.getLogger("llm.api_keys")
 
 KEY_PREFIX = "gw_"
 # last_used_at is written at most this often per key, so that checking a key rarely costs a write.
@@ -80,7 +84,11 @@ def verify(raw: str) -> ApiKey:
 
     The message never repeats the presented key: error bodies and audit rows must not carry it.
     """
-    key = ApiKey.objects.select_related("consumer").filter(hash=hash_key(raw)).first()
+    try:
+        key = ApiKey.objects.select_related("consumer").filter(hash=hash_key(raw)).first()
+    except DatabaseError as exc:
+        logger.error("API keys cannot be read", extra={"error": str(exc)})
+        raise AuditUnavailable("The gateway's database cannot be read, so nothing was generated. Try again later.")
     if key is None:
         raise KeyRefused("The API key is not valid.")
     now = timezone.now()
@@ -88,7 +96,11 @@ def verify(raw: str) -> ApiKey:
     if refusal:
         raise KeyRefused(refusal, api_key=key)
     if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        try:
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        except DatabaseError as exc:
+            # Bookkeeping only: a busy database must not turn a valid key away.
+            logger.warning("last_used_at not recorded", extra={"api_key_prefix": key.prefix, "error": str(exc)})
         key.last_used_at = now
     return key
 

@@ -247,3 +247,18 @@ def test_an_api_key_does_not_open_the_admin(client, api_key, url, header):
     # The admin answers anyone without a staff session by sending them to its login page.
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unreadable_key_table_is_503_not_500(generate, valid_request, api_key):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE llm_apikey RENAME TO llm_apikey_away")
+    try:
+        response = generate(valid_request)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE llm_apikey_away RENAME TO llm_apikey")
+
+    assert_error(response, 503, "audit_unavailable")
