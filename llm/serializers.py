@@ -1,4 +1,5 @@
 from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 # Go's int in Ollama's options is 64 bits wide, but a seed or a count beyond 32 bits is a mistake, not a wish.
@@ -99,10 +100,21 @@ class OllamaOptionsSerializer(serializers.Serializer):
         return value
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class PayloadField(serializers.JSONField):
+    """Any JSON on the way in, so that a non-object gets a clear message rather than a parse error."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return super().to_internal_value(data)
+
+
 class GenerateRequestSerializer(serializers.Serializer):
     role = StrictCharField(max_length=100, help_text="Who the model acts as, e.g. copywriter.")
     task = StrictCharField(max_length=100, help_text="What it is asked to do, e.g. sns.")
-    payload = serializers.JSONField(help_text="The input of the task: a JSON object.")
+    payload = PayloadField(help_text="The input of the task: a JSON object. Values under secret-named keys "
+                                     "(REDACT_KEYS: password, token, …) are masked before use.")
     mode = serializers.ChoiceField(choices=["json", "text"], default="json")
     model = StrictCharField(
         max_length=200, required=False, help_text="An Ollama model name; defaults to OLLAMA_DEFAULT_MODEL.",
@@ -110,11 +122,6 @@ class GenerateRequestSerializer(serializers.Serializer):
                                    "Must be an Ollama model name such as qwen2.5:7b.")],
     )
     options = OllamaOptionsSerializer(required=False, help_text="Passed on to Ollama as its options.")
-
-    def validate_payload(self, value):
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        return value
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
@@ -137,3 +144,16 @@ class GenerationSerializer(serializers.Serializer):
     usage = UsageSerializer(source="*")
     latency_ms = serializers.FloatField()
     upstream_ms = serializers.FloatField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="Machine-readable: invalid_request, not_authenticated, rate_limited, …")
+    message = serializers.CharField(help_text="What went wrong and what to do, for people.")
+    request_id = serializers.UUIDField(allow_null=True, help_text="The X-Request-ID header: the audit row's id.")
+    details = serializers.DictField(required=False, help_text="Per-field messages, for invalid_request.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every API response."""
+
+    error = ErrorDetailSerializer()

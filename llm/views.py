@@ -1,25 +1,37 @@
 from django.conf import settings
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from drf_spectacular.utils import extend_schema
+
 from llm import services
 from llm.authentication import ApiKeyAuthentication, KeyRefused
-from llm.serializers import GenerationSerializer
+from llm.schema import ERROR_RESPONSES
+from llm.serializers import GenerateRequestSerializer, GenerationSerializer
 
 
 class GenerateView(APIView):
     """POST /api/v1/llm/generate: one generation, audited whatever its outcome."""
 
     authentication_classes = [ApiKeyAuthentication]
-    # The service refuses callers without a valid key itself, after writing their audit row.
-    permission_classes = [AllowAny]
+    # No permission classes: the service refuses callers without a valid key itself, after auditing them.
+    # (Not AllowAny either: the schema would then call the key optional.)
+    permission_classes = []
     # No parsers: the service reads the raw body, so that even one that is not JSON leaves an audit row.
     parser_classes = []
 
     def perform_authentication(self, request):
         """Deferred to post(): DRF would answer a bad key before the attempt could be audited."""
 
+    @extend_schema(
+        operation_id="generate",
+        summary="Generate with a local LLM",
+        description="Builds a prompt from role, task and payload, asks the model (Ollama, or the mock) and returns "
+                    "its output: a JSON object in json mode, a string in text mode. Every attempt, refused ones "
+                    "included, leaves one audit row whose id is the X-Request-ID response header.",
+        request={"application/json": GenerateRequestSerializer},
+        responses={200: GenerationSerializer, **ERROR_RESPONSES},
+    )
     def post(self, request):
         body, body_size = _read_body(request)
         try:
