@@ -24,3 +24,11 @@ keepalive = 5
 # The gateway logs one structured line per request itself.
 accesslog = None
 errorlog = "-"
+
+
+def on_starting(server):
+    """Name shadowed and suspicious settings in gunicorn's log at start, as runserver's system checks do."""
+    from diagnostics.resolved_settings import proxy_warnings, settings_warnings
+
+    for warning in settings_warnings(_gateway) + proxy_warnings(os.environ):
+        server.log.warning("%s: (%s) %s", warning.name, warning.id, warning)

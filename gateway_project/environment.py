@@ -20,6 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 ENVIRONMENT = "environment"
 ENV_FILE = "env_file"
 DEFAULT = "default"
+# Not a layer of the environment: the running settings differ from what start-up resolved (overridden in code
+# or by a test), so none of the three layers explains the value.
+OVERRIDE = "override"
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -96,18 +99,28 @@ def _word_list(raw: str) -> tuple[str, ...]:
     return tuple(word.strip().lower() for word in raw.split(",") if word.strip())
 
 
+def _scheme(raw: str, known: dict, example: str) -> None:
+    scheme = raw.strip().split("://", 1)[0] if "://" in raw else ""
+    if scheme not in known:
+        # django-environ would accept an unknown scheme and fail only at the first query.
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(sorted(known))}, e.g. {example}")
+
+
 def _database_url(raw: str) -> dict:
+    _scheme(raw, environ.Env.DB_SCHEMES, "postgres://user:pass@host:5432/name")
     try:
         return environ.Env.db_url_config(raw.strip())
     except Exception as exc:  # django-environ raises several types for unknown schemes
-        raise ValueError(f"not a database URL ({exc}); e.g. postgres://user:pass@host:5432/name") from None
+        # The exception text may quote the URL, password included.
+        raise ValueError(f"not a database URL ({exc.__class__.__name__}); e.g. postgres://user:pass@host/name") from None
 
 
 def _cache_url(raw: str) -> dict:
+    _scheme(raw, environ.Env.CACHE_SCHEMES, "redis://127.0.0.1:6379/0")
     try:
         return environ.Env.cache_url_config(raw.strip())
     except Exception as exc:
-        raise ValueError(f"not a cache URL ({exc}); e.g. redis://127.0.0.1:6379/0 or locmemcache://") from None
+        raise ValueError(f"not a cache URL ({exc.__class__.__name__}); e.g. redis://127.0.0.1:6379/0") from None
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,21 @@ class Resolved:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
+    def source_of(self, name: str, effective: Any) -> str:
+        """Where the running value of a setting came from: its start-up source, or OVERRIDE if it was changed since."""
+        if name in self.values and self.values[name] == effective:
+            return self.sources[name]
+        return OVERRIDE
+
+    def describe_source(self, source: str) -> str:
+        """A source in words, for messages: "the OS environment", "/srv/gateway/.env", ..."""
+        return {
+            ENVIRONMENT: "the OS environment",
+            ENV_FILE: str(self.env_file),
+            DEFAULT: "the code default",
+            OVERRIDE: "a run-time override of Django settings",
+        }.get(source, source)
+
 
 def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS) -> Resolved:
     """Resolve every setting from the OS environment, then the env file (ENV_FILE or ./.env), then the default.
@@ -212,7 +240,11 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
         except ValueError as exc:
             where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
             shown = "(hidden)" if spec.secret else repr(raw)
-            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.") from None
+            hint = ""
+            if " #" in raw or "\t#" in raw:
+                hint = (" The value holds an inline comment, which django-environ keeps after an unquoted value: "
+                        "move the comment to its own line or quote the value.")
+            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.{hint}") from None
         resolved.raw[spec.name] = raw
         resolved.values[spec.name] = value
         resolved.sources[spec.name] = source

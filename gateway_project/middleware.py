@@ -7,6 +7,12 @@ import uuid
 logger = logging.getLogger("gateway.request")
 
 
+def annotate_request_log(request, **fields) -> None:
+    """Add fields (provider, error type, ...) to the request's log line; takes a Django or a DRF request."""
+    request = getattr(request, "_request", request)  # DRF's Request wraps the HttpRequest the middleware sees
+    request.log_context = {**getattr(request, "log_context", {}), **fields}
+
+
 class RequestIdMiddleware:
     """Give every request a UUID (the audit row's id for generations), echo it as X-Request-ID and log the request.
 

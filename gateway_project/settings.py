@@ -48,7 +48,7 @@ RATE_LIMIT_WINDOW_SECONDS = 60
 REDACT_KEYS = env["REDACT_KEYS"]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -11,6 +11,8 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
+
+from gateway_project.middleware import annotate_request_log
 from rest_framework.response import Response
 
 logger = logging.getLogger("llm.errors")
@@ -120,10 +122,12 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, GatewayError):
+        annotate_request_log(request, error_type=exc.type)
         body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)
         return Response(body, status=exc.status, headers=exc.headers)
     if isinstance(exc, drf_exceptions.APIException):
         type_ = next((t for cls, t in _DRF_TYPES.items() if isinstance(exc, cls)), "api_error")
+        annotate_request_log(request, error_type=type_)
         details = None
         if isinstance(exc, drf_exceptions.ValidationError):
             details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
@@ -140,6 +144,7 @@ def api_exception_handler(exc, context):
         return Response(error_body(type=type_, message=message, request_id=request_id, details=details),
                         status=exc.status_code, headers=headers)
     logger.exception("unhandled error", extra={"request_id": str(request_id)})
+    annotate_request_log(request, error_type="internal_error")
     return Response(
         error_body(type="internal_error", message="The gateway failed unexpectedly; the error is logged.",
                    request_id=request_id),

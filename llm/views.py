@@ -1,9 +1,9 @@
 from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from drf_spectacular.utils import extend_schema
-
+from gateway_project.middleware import annotate_request_log
 from llm import services
 from llm.authentication import ApiKeyAuthentication, KeyRefused
 from llm.schema import ERROR_RESPONSES
@@ -38,7 +38,7 @@ class GenerateView(APIView):
             api_key, refusal = request.auth, None  # runs ApiKeyAuthentication
         except KeyRefused as exc:
             api_key, refusal = None, exc.refusal
-        request.log_context = {"consumer": api_key.consumer.name if api_key else None}
+        annotate_request_log(request, consumer=api_key.consumer.name if api_key else None)
         generation = services.generate(
             request_id=request.request_id,
             body=body,
@@ -50,7 +50,7 @@ class GenerateView(APIView):
             client_ip=request.META.get("REMOTE_ADDR"),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
-        request.log_context.update(provider=generation.provider, model=generation.model)
+        annotate_request_log(request, provider=generation.provider, model=generation.model)
         return Response(GenerationSerializer(generation).data)
 
 

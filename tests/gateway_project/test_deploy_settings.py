@@ -11,6 +11,22 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def empty_env_file(tmp_path_factory):
+    """Only the variables a test passes count: not a developer's .env (nor a warning about a missing one)."""
+    path = tmp_path_factory.mktemp("env") / "empty.env"
+    path.write_text("")
+    os.environ["DEPLOY_TEST_ENV_FILE"] = str(path)
+    yield
+    del os.environ["DEPLOY_TEST_ENV_FILE"]
+
+
+def clean_environment(**env) -> dict:
+    return {"PATH": os.environ["PATH"], "ENV_FILE": os.environ["DEPLOY_TEST_ENV_FILE"],
+            "DJANGO_SETTINGS_MODULE": "gateway_project.settings", **env}
+
+
 # The production environment the README documents (behind a TLS-terminating proxy).
 PRODUCTION = {
     "DEBUG": "false",
@@ -24,11 +40,9 @@ PRODUCTION = {
 
 
 def manage(*args, **env):
-    """Run manage.py in a clean environment: only these variables, and no .env file."""
-    environment = {"PATH": os.environ["PATH"], "ENV_FILE": "/nonexistent/.env",
-                   "DJANGO_SETTINGS_MODULE": "gateway_project.settings", **env}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=environment, capture_output=True,
-                          text=True, timeout=120)
+    """Run manage.py in a clean environment: only these variables, and an empty env file."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=clean_environment(**env),
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_check_deploy_is_clean_with_the_documented_production_settings():
@@ -68,9 +82,8 @@ def settings_of(**env) -> dict:
              "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD"]
     code = ("import django, json; django.setup(); from django.conf import settings; "
             f"print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))")
-    environment = {"PATH": os.environ["PATH"], "ENV_FILE": "/nonexistent/.env",
-                   "DJANGO_SETTINGS_MODULE": "gateway_project.settings", **env}
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=environment, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=clean_environment(**env),
+                            capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -237,7 +237,20 @@ def test_admin_filters_generations_by_consumer(admin_client_, consumer, generate
 # -- an API key opens the generation API and nothing else ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/admin/", "/admin/llm/generation/", "/admin/llm/apikey/"])
+@pytest.mark.parametrize("url", ["/api/v1/debug/settings", "/api/v1/debug/ollama"])
+@pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"])
+def test_an_api_key_does_not_open_the_debug_endpoints(client, api_key, ollama, url, header):
+    value = f"Bearer {api_key}" if header == "HTTP_AUTHORIZATION" else api_key
+
+    response = client.get(url, **{header: value})
+
+    assert response.status_code in (401, 403), response.content
+    assert response.json()["error"]["type"] in ("not_authenticated", "authentication_failed", "permission_denied")
+    assert ollama.requests == []  # the check was not run
+
+
+@pytest.mark.parametrize("url", ["/admin/", "/admin/llm/generation/", "/admin/llm/apikey/",
+                                 "/admin/diagnostics/connectioncheck/"])
 @pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"])
 def test_an_api_key_does_not_open_the_admin(client, api_key, url, header):
     value = f"Bearer {api_key}" if header == "HTTP_AUTHORIZATION" else api_key

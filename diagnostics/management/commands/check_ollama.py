@@ -1,0 +1,57 @@
+"""manage.py check_ollama: why doesn't live mode work? One line per step, then the cause and the fix."""
+
+import json
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from diagnostics.models import ConnectionCheck
+from diagnostics.services import run_connection_check
+
+
+class Command(BaseCommand):
+    help = ("Check the configured Ollama step by step (DNS, TCP, /api/version, /api/tags, the model) and name the "
+            "cause and fix of a failure. Exits 0 when the check passes, 1 when it fails.")
+    # The command prints the settings warnings itself, in its report; a diagnosis must also run when another
+    # system check fails.
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--generate", action="store_true", help="also run a tiny test generation")
+        parser.add_argument("--model", help="model to look for (default: OLLAMA_DEFAULT_MODEL)")
+        parser.add_argument("--timeout", type=float, help="seconds each step may take (default: 5)")
+        parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    def handle(self, *args, **options):
+        report, _ = run_connection_check(origin=ConnectionCheck.Origin.COMMAND, generate=options["generate"],
+                                         model=options["model"], timeout=options["timeout"])
+        if options["json"]:
+            self.stdout.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        else:
+            self.write_text(report)
+        if not report.ok:
+            raise CommandError(f"Ollama check failed: {report.cause.code}", returncode=1)
+
+    def write_text(self, report):
+        out = self.stdout
+        source = settings.GATEWAY_ENV.describe_source(report.source)
+        out.write(f"Ollama at {report.target_url} (OLLAMA_BASE_URL from {source}), "
+                  f"model {report.model}, GENERATOR_MODE={report.mode}")
+        width = max((len(step.name) for step in report.steps), default=0)
+        for step in report.steps:
+            mark = self.style.SUCCESS("✓") if step.ok else self.style.ERROR("✗")
+            out.write(f"  {mark} {step.name:<{width}}  {step.elapsed_ms:>8.1f} ms  {step.detail}")
+        if report.generation:
+            out.write(f"  reply ({report.generation['length']} characters, {report.generation['elapsed_ms']:.0f} ms): "
+                      f"{report.generation['reply']!r}")
+        if report.cause:
+            out.write(self.style.ERROR(f"FAILED: {report.cause.code}"))
+            out.write(f"  Cause: {report.cause.message}")
+            out.write(f"  Fix:   {report.cause.fix}")
+        else:
+            out.write(self.style.SUCCESS(f"OK in {report.elapsed_ms:.0f} ms"))
+        if report.warnings:
+            out.write("Warnings:")
+            for warning in report.warnings:
+                out.write(self.style.WARNING(f"  ! {warning}"))
+

@@ -1,0 +1,80 @@
+"""The debug API (staff only) and the health endpoints. Thin: the work is in the diagnostics services."""
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from diagnostics.health import database_ready
+from diagnostics.models import ConnectionCheck
+from diagnostics.resolved_settings import resolved_settings, shown
+from diagnostics.serializers import ConnectionCheckQuerySerializer
+from diagnostics.services import run_connection_check
+
+
+class StaffOnlyAPIView(APIView):
+    """A staff user by session (the admin's login) or HTTP Basic auth; others get 401/403 in the error shape."""
+
+    # Basic first: DRF answers an anonymous caller with the first class's challenge, and only Basic has one
+    # (so curl without -u gets 401 + WWW-Authenticate rather than 403).
+    authentication_classes = [BasicAuthentication, SessionAuthentication]
+    permission_classes = [IsAdminUser]
+
+
+class DebugSettingsView(StaffOnlyAPIView):
+    """GET /api/v1/debug/settings: the effective gateway settings (secrets masked), their sources and warnings."""
+
+    def get(self, request):
+        report = resolved_settings()
+        return Response({
+            "generator_mode": settings.GENERATOR_MODE,
+            "ollama_base_url": shown("OLLAMA_BASE_URL", settings.OLLAMA_BASE_URL),
+            "ollama_timeout": settings.OLLAMA_TIMEOUT,
+            "ollama_default_model": settings.OLLAMA_DEFAULT_MODEL,
+            "comfyui_base_url": shown("COMFYUI_BASE_URL", settings.COMFYUI_BASE_URL),
+            **report.as_dict(),
+        })
+
+
+class DebugOllamaView(StaffOnlyAPIView):
+    """GET /api/v1/debug/ollama: run the connection check (recorded in the history) and return its report."""
+
+    generate = False
+
+    def get(self, request):
+        query = ConnectionCheckQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        report, row = run_connection_check(origin=ConnectionCheck.Origin.API, user=request.user,
+                                           generate=self.generate, **query.validated_data)
+        body = report.as_dict()
+        cause = report.cause
+        body.update({
+            "success": report.ok,
+            "total_models": len(report.models or []),
+            "error": {"type": cause.code, "message": cause.message, "details": {"fix": cause.fix}} if cause else None,
+            "check_id": row.pk if row else None,
+        })
+        return Response(body)
+
+
+class DebugOllamaGenerateView(DebugOllamaView):
+    """GET /api/v1/debug/ollama/generate: the same check plus a tiny test generation."""
+
+    generate = True
+
+
+@require_GET
+def healthz(request):
+    """The process answers; no I/O at all."""
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request):
+    """The database answers; 503 otherwise, so a load balancer stops sending traffic here."""
+    if database_ready():
+        return JsonResponse({"status": "ok", "checks": {"database": "ok"}})
+    return JsonResponse({"status": "unavailable", "checks": {"database": "unavailable"}}, status=503)

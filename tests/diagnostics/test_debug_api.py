@@ -1,0 +1,112 @@
+"""The debug API: staff only (session or HTTP Basic), the check report as JSON, every error in the one shape."""
+
+import base64
+
+import pytest
+
+from diagnostics.models import ConnectionCheck
+from tests.conftest import assert_error
+
+pytestmark = pytest.mark.django_db
+SETTINGS_URL = "/api/v1/debug/settings"
+OLLAMA_URL = "/api/v1/debug/ollama"
+GENERATE_URL = "/api/v1/debug/ollama/generate"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Every Basic-auth request checks a password; the production hasher would make each take a third of a second."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def basic(username, password):
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def staff(staff_user):
+    return basic("operator", "correct-horse-battery")
+
+
+@pytest.mark.parametrize("url", [SETTINGS_URL, OLLAMA_URL, GENERATE_URL])
+def test_anonymous_callers_get_401_with_a_basic_challenge(client, url):
+    response = client.get(url)
+    assert_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"].startswith("Basic")
+
+
+@pytest.mark.parametrize("url", [SETTINGS_URL, OLLAMA_URL, GENERATE_URL])
+def test_users_who_are_not_staff_get_403(client, django_user_model, url):
+    django_user_model.objects.create_user("visitor", password="correct-horse-battery")
+    assert_error(client.get(url, **basic("visitor", "correct-horse-battery")), 403, "permission_denied")
+
+
+def test_a_wrong_password_gets_401(client, staff_user):
+    assert_error(client.get(SETTINGS_URL, **basic("operator", "wrong")), 401, "authentication_failed")
+
+
+def test_settings_with_sources_warnings_and_masked_secrets(client, staff, gateway_env):
+    gateway_env({"OLLAMA_BASE_URL": "http://ops:hunter2@192.168.0.100:11434"},
+                "OLLAMA_BASE_URL=http://100.120.180.42:11434\nOLLAMA_DEFAULT_MODEL=llama3.2:1b\n")
+
+    response = client.get(SETTINGS_URL, **staff)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["generator_mode"] == "mock"
+    assert body["ollama_base_url"] == "http://ops:********@192.168.0.100:11434"
+    assert body["ollama_timeout"] == 120
+    assert body["ollama_default_model"] == "llama3.2:1b"
+    assert body["comfyui_base_url"] == ""
+    assert body["sources"]["OLLAMA_BASE_URL"] == "environment"
+    assert body["sources"]["OLLAMA_DEFAULT_MODEL"] == "env_file"
+    assert body["sources"]["GENERATOR_MODE"] == "default"
+    assert body["env_file"]["found"] is True and body["env_file"]["path"].endswith("/.env")
+    assert any("overrides the .env value (http://100.120.180.42:11434)" in w for w in body["warnings"])
+    assert "hunter2" not in response.content.decode()
+
+
+def test_the_session_of_a_staff_member_logged_in_to_the_admin_is_enough(client, staff_user):
+    client.force_login(staff_user)
+    assert client.get(SETTINGS_URL).status_code == 200
+
+
+def test_ollama_check_report_with_the_seed_fields(client, staff, staff_user, ollama):
+    response = client.get(OLLAMA_URL, **staff)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True and body["ok"] is True and body["error"] is None
+    assert body["target_url"] == body["base_url_from_settings"] == ollama.url
+    assert body["models"] == ["qwen2.5:7b", "llama3.2:1b"] and body["total_models"] == 2
+    assert body["elapsed_ms"] > 0 and body["timestamp"]
+    assert "generation" not in body
+    row = ConnectionCheck.objects.get(pk=body["check_id"])
+    assert (row.origin, row.user, row.username, row.ok) == ("api", staff_user, "operator", True)
+
+
+def test_a_failed_check_is_reported_with_its_cause_as_the_error(client, staff, ollama, settings, refused_url):
+    settings.OLLAMA_BASE_URL = refused_url
+    body = client.get(OLLAMA_URL, **staff).json()
+    assert body["success"] is False
+    assert body["error"]["type"] == "connection_refused"
+    assert body["error"]["message"].startswith("Nothing listens at")
+    assert "OLLAMA_HOST" in body["error"]["details"]["fix"]
+
+
+def test_generate_runs_a_test_generation(client, staff, ollama):
+    ollama.reply = "ready"
+    body = client.get(GENERATE_URL + "?model=llama3.2:1b", **staff).json()
+    assert body["success"] is True
+    assert body["generation"]["reply"] == "ready" and body["generation"]["length"] == 5
+    assert ConnectionCheck.objects.get().generation is True
+
+
+def test_a_timeout_that_is_not_a_number_is_a_400(client, staff, ollama):
+    error = assert_error(client.get(OLLAMA_URL + "?timeout=soon", **staff), 400, "invalid_request")
+    assert "timeout" in error["details"]
+    assert ConnectionCheck.objects.count() == 0
+
+
+def test_only_get_is_allowed(client, staff, ollama):
+    assert_error(client.post(OLLAMA_URL, **staff), 405, "method_not_allowed")

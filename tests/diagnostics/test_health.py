@@ -1,0 +1,32 @@
+"""/healthz and /readyz: what a load balancer sees. Neither calls Ollama."""
+
+import pytest
+from django.db import OperationalError, connection
+
+
+def test_healthz_answers_without_a_database(client, ollama):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert ollama.requests == []
+
+
+@pytest.mark.django_db
+def test_readyz_is_200_when_the_database_answers(client, ollama):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert ollama.requests == []
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_when_the_database_fails(client):
+    def database_down(execute, sql, params, many, context):
+        raise OperationalError("connection to server at 10.0.0.9 failed: password authentication failed")
+
+    with connection.execute_wrapper(database_down):
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
+    assert "10.0.0.9" not in response.content.decode()
