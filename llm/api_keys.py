@@ -61,13 +61,11 @@ def revoke(keys) -> int:
 def presented_key(meta: dict) -> str | None:
     """The key a request presents, from `Authorization: Bearer <key>` or `X-API-Key: <key>`; None if neither.
 
-    Raises NotAuthenticated-family errors for an Authorization header of another scheme or an empty key.
+    Raises KeyRefused for an empty key, or an Authorization header of another scheme without an X-API-Key.
     """
     authorization = meta.get("HTTP_AUTHORIZATION", "").strip()
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            raise KeyRefused("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer":
         if not credentials.strip():
             raise KeyRefused("The Authorization header holds no API key after 'Bearer'.")
         return credentials.strip()
@@ -76,6 +74,8 @@ def presented_key(meta: dict) -> str | None:
         if not header.strip():
             raise KeyRefused("The X-API-Key header is empty.")
         return header.strip()
+    if authorization:  # another scheme (Basic, Token, ...) and no X-API-Key
+        raise KeyRefused("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
     return None
 
 

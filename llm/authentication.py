@@ -10,7 +10,7 @@ from llm import api_keys
 from llm.errors import AUTHENTICATE_HEADER
 
 
-class KeyRefused(exceptions.AuthenticationFailed):
+class ApiKeyRefused(exceptions.AuthenticationFailed):
     """DRF's AuthenticationFailed carrying the gateway's refusal, so that the view can audit it."""
 
     def __init__(self, refusal: api_keys.KeyRefused):
@@ -28,7 +28,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
                 return None
             key = api_keys.verify(raw)
         except api_keys.KeyRefused as refusal:
-            raise KeyRefused(refusal) from None
+            raise ApiKeyRefused(refusal) from None
         return key.consumer, key
 
     def authenticate_header(self, request):

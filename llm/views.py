@@ -5,7 +5,7 @@ from rest_framework.views import APIView
 
 from gateway_project.middleware import annotate_request_log
 from llm import services
-from llm.authentication import ApiKeyAuthentication, KeyRefused
+from llm.authentication import ApiKeyAuthentication, ApiKeyRefused
 from llm.schema import ERROR_RESPONSES
 from llm.serializers import GenerateRequestSerializer, GenerationSerializer
 
@@ -36,7 +36,7 @@ class GenerateView(APIView):
         body, body_size = _read_body(request)
         try:
             api_key, refusal = request.auth, None  # runs ApiKeyAuthentication
-        except KeyRefused as exc:
+        except ApiKeyRefused as exc:
             api_key, refusal = None, exc.refusal
         annotate_request_log(request, consumer=api_key.consumer.name if api_key else None)
         generation = services.generate(

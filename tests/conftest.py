@@ -9,6 +9,9 @@ from llm.models import Consumer
 from tests.fake_ollama import FakeOllama, free_port_refused
 
 GENERATE_URL = "/api/v1/llm/generate"
+# A rate-limit window for tests that count: windows start at multiples of their length since the epoch, so with
+# this one the next boundary is in 2033 and a count is never cut short in mid-test (an hour-long one was, at 22:00).
+LONG_WINDOW = 10**9
 
 
 @pytest.fixture(autouse=True)

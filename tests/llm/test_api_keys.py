@@ -53,6 +53,12 @@ def test_x_api_key_header_is_accepted(generate, valid_request, api_key):
     assert only_row().consumer.name == "test-team"
 
 
+def test_x_api_key_is_used_beside_an_authorization_header_of_another_scheme(generate, valid_request, api_key):
+    response = generate(valid_request, key=None, HTTP_AUTHORIZATION="Basic dXNlcjpwYXNz", HTTP_X_API_KEY=api_key)
+
+    assert response.status_code == 200, response.content
+
+
 def test_scheme_is_case_insensitive(generate, valid_request, api_key):
     assert generate(valid_request, key=None, HTTP_AUTHORIZATION=f"bearer {api_key}").status_code == 200
 

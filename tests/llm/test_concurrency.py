@@ -10,7 +10,7 @@ from django.test import Client
 
 from llm import api_keys
 from llm.models import Consumer, Generation
-from tests.conftest import GENERATE_URL
+from tests.conftest import GENERATE_URL, LONG_WINDOW
 
 REQUESTS = 200
 THREADS = 20
@@ -31,7 +31,7 @@ KINDS = ["json", "json", "json", "json", "text", "unknown_model", "invalid", "no
 @pytest.mark.django_db(transaction=True)
 def test_200_requests_from_20_threads_with_faults_each_answered_and_audited_once(ollama, valid_request, settings):
     settings.OLLAMA_MAX_RETRIES = 2
-    settings.RATE_LIMIT_WINDOW_SECONDS = 3600  # no window boundary in mid-test
+    settings.RATE_LIMIT_WINDOW_SECONDS = LONG_WINDOW  # no window boundary in mid-test
     main_key = api_keys.issue_key(Consumer.objects.create(name="main", rate_limit_per_minute=0))[1]
     limited = Consumer.objects.create(name="limited", rate_limit_per_minute=LIMITED_CONSUMER_LIMIT)
     limited_key = api_keys.issue_key(limited)[1]

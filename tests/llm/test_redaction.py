@@ -106,5 +106,6 @@ def test_logs_never_contain_an_api_key(generate, valid_request, api_key, ollama,
     assert len(log_lines) >= 5
     text = "\n".join(log_lines)
     assert '"path": "/api/v1/llm/generate"' in text
+    assert '"consumer": "test-team"' in text  # who called is logged; with which key is not
     for secret in (api_key, api_key.split("_", 2)[2], wrong_key, "wrong-key-that-must-not-be-logged"):
         assert secret not in text
