@@ -25,6 +25,7 @@ class GenerateView(APIView):
 
     @extend_schema(
         operation_id="generate",
+        tags=["generation"],
         summary="Generate with a local LLM",
         description="Builds a prompt from role, task and payload, asks the model (Ollama, or the mock) and returns "
                     "its output: a JSON object in json mode, a string in text mode. Every attempt, refused ones "
