@@ -109,6 +109,9 @@ else:
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
 CACHES = {"default": env["CACHE_URL"]}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A rate-limit check waits at most this long for Redis, then lets the request through (llm.rate_limits).
+    CACHES["default"].setdefault("OPTIONS", {}).update(socket_connect_timeout=0.5, socket_timeout=0.5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

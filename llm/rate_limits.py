@@ -6,6 +6,7 @@ deployment; with the local-memory default it holds per process.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -14,6 +15,8 @@ from django.core.cache import cache
 
 from llm.errors import RateLimited
 from llm.models import Consumer
+
+logger = logging.getLogger("llm.rate_limits")
 
 
 def limit_for(consumer: Consumer) -> int:
@@ -32,16 +35,13 @@ def count_request(consumer: Consumer) -> None:
     now = time.time()
     window_start = math.floor(now / window) * window
     key = f"llm:rate:{consumer.pk}:{window}:{window_start}"
-    # add() creates the counter only if it is missing and incr() is atomic (INCR in Redis), so concurrent
-    # requests from several processes are each counted exactly once.
-    if cache.add(key, 1, timeout=window + 5):
-        count = 1
-    else:
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add() and incr(): this request opens the counter again
-            cache.add(key, 1, timeout=window + 5)
-            count = 1
+    try:
+        count = _increment(key, timeout=window + 5)
+    except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors (redis.ConnectionError, ...)
+        # Fail open: an unreachable cache must not take the whole API down with it. Logged, and so alertable.
+        logger.error("rate limit not enforced: the cache is unavailable",
+                     extra={"consumer": consumer.name, "error": f"{exc.__class__.__name__}: {exc}"})
+        return
     if count > limit:
         retry_after = max(1, math.ceil(window_start + window - now))
         raise RateLimited(
@@ -49,6 +49,19 @@ def count_request(consumer: Consumer) -> None:
             f"{consumer.name!r}; retry after {retry_after}s.",
             retry_after=retry_after,
         )
+
+
+def _increment(key: str, *, timeout: int) -> int:
+    """Add one to the counter under key, creating it if needed; the new count."""
+    # add() creates the counter only if it is missing and incr() is atomic (INCR in Redis), so concurrent
+    # requests from several processes are each counted exactly once.
+    if cache.add(key, 1, timeout=timeout):
+        return 1
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add() and incr(): this request opens the counter again
+        cache.add(key, 1, timeout=timeout)
+        return 1
 
 
 def _window_text(seconds: int) -> str:

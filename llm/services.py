@@ -115,10 +115,32 @@ def _parse(body: bytes, body_size: int, content_type: str):
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+    # Checked without recursion, before anything walks the value recursively (masking, storing, validating):
+    # a body nested hundreds of levels deep would otherwise exhaust Python's stack.
+    if _nesting(data) > MAX_DEPTH:
+        raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
+    return data
+
+
+def _nesting(value) -> int:
+    """How many levels of objects and arrays a parsed JSON value has, counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_DEPTH:
+            break
+    return deepest
 
 
 def _reject_constant(name: str):

@@ -105,3 +105,25 @@ def test_unknown_fields_are_rejected_by_name(generate, valid_request):
                          "invalid_request")
 
     assert error["details"] == {"prompt": ["Unknown field."], "stream": ["Unknown field."]}
+
+
+def nested(levels: int) -> dict:
+    value = {}
+    for _ in range(levels - 1):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize("raw", ['{"a":' * 500 + "1" + "}" * 500, "[" * 900 + "]" * 900, '{"a":[' * 300 + "]}" * 300])
+def test_deeply_nested_bodies_are_400_not_a_crash(generate, raw):
+    # Found while hardening: hundreds of levels parse, then exhausted the stack of the code that walks them.
+    error = assert_error(generate(raw=raw), 400, "invalid_request")
+
+    assert "nested more than 32 levels" in error["message"]
+    row = Generation.objects.get()
+    assert (row.error_type, row.request) == ("invalid_request", None)
+
+
+def test_nesting_up_to_32_levels_is_accepted(generate, valid_request):
+    assert generate({**valid_request, "payload": nested(31)}).status_code == 200  # the body itself is level 1
+    assert_error(generate({**valid_request, "payload": nested(32)}), 400, "invalid_request")

@@ -1,5 +1,6 @@
 """Per-consumer rate limits: 429 rate_limited with Retry-After, audited; counters shared through the cache."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -170,3 +171,29 @@ def test_a_redis_counter_expires_with_its_window(generate, valid_request, consum
     keys = client.keys(f"{redis_cache}:*")
     assert len(keys) == 1
     assert LONG_WINDOW < client.ttl(keys[0]) <= LONG_WINDOW + 5
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_an_unreachable_cache_lets_requests_through_and_says_so(generate, valid_request, settings, refused_url):
+    port = refused_url.rsplit(":", 1)[1]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{port}/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    handler = Records()
+    logging.getLogger("llm.rate_limits").addHandler(handler)
+    try:
+        statuses = [generate(valid_request).status_code for _ in range(5)]  # the limit is 3
+    finally:
+        logging.getLogger("llm.rate_limits").removeHandler(handler)
+
+    assert statuses == [200] * 5
+    assert [r.getMessage() for r in handler.records] == ["rate limit not enforced: the cache is unavailable"] * 5
+    assert handler.records[0].consumer == "test-team"
