@@ -1,6 +1,7 @@
 """Masking secrets before they reach a page, a log line or the audit log."""
 
 import re
+from functools import lru_cache
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,7 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:{MASK}@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
+@lru_cache(maxsize=4096)  # payload key names repeat from request to request
 def _words(name: str) -> tuple[str, ...]:
     """A key name as lower-case words, singular: "apiKey", "API_KEYS" and "api-key" all give ("api", "key")."""
     words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)

@@ -85,12 +85,13 @@ def verify(raw: str) -> ApiKey:
     The message never repeats the presented key: error bodies and audit rows must not carry it.
     """
     try:
-        key = ApiKey.objects.select_related("consumer").filter(hash=hash_key(raw)).first()
+        # get() on the unique hash: one indexed lookup, no ORDER BY (first() would add the model's ordering).
+        key = ApiKey.objects.select_related("consumer").get(hash=hash_key(raw))
+    except ApiKey.DoesNotExist:
+        raise KeyRefused("The API key is not valid.") from None
     except DatabaseError as exc:
         logger.error("API keys cannot be read", extra={"error": str(exc)})
         raise AuditUnavailable("The gateway's database cannot be read, so nothing was generated. Try again later.")
-    if key is None:
-        raise KeyRefused("The API key is not valid.")
     now = timezone.now()
     refusal = key.refusal(now)
     if refusal:

@@ -161,7 +161,8 @@ def _describe(row: Generation, data) -> None:
     for column in ("role", "task", "mode", "model"):
         value = data.get(column)
         if isinstance(value, str):
-            setattr(row, column, _storable(value)[: Generation.SHORT])
+            # Each column's own length: PostgreSQL refuses a longer value (a 9-character mode) outright.
+            setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
     if not row.mode:
         row.mode = "json"
     if not row.model:

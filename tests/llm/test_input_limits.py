@@ -127,3 +127,14 @@ def test_deeply_nested_bodies_are_400_not_a_crash(generate, raw):
 def test_nesting_up_to_32_levels_is_accepted(generate, valid_request):
     assert generate({**valid_request, "payload": nested(31)}).status_code == 200  # the body itself is level 1
     assert_error(generate({**valid_request, "payload": nested(32)}), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("field", ["mode", "role", "model"])
+def test_an_overlong_value_is_400_and_still_audited_on_every_database(generate, valid_request, field):
+    # Found by schemathesis on PostgreSQL: a 17-character mode did not fit the audit row's 8-character column,
+    # so the rejection itself failed with 503.
+    error = assert_error(generate({**valid_request, field: "x" * 300}), 400, "invalid_request")
+
+    row = Generation.objects.get()
+    assert str(row.id) == error["request_id"]
+    assert getattr(row, field) == "x" * Generation._meta.get_field(field).max_length
