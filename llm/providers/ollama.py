@@ -58,6 +58,8 @@ class OllamaProvider:
             reply = self._parse(response, request.model)
         except GatewayError as exc:
             exc.attempts = attempts
+            if attempts > 1:
+                exc.message += f" ({attempts} attempts)"
             raise
         return ProviderReply(
             content=reply["message"]["content"],

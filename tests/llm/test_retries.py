@@ -60,7 +60,7 @@ def test_retries_are_bounded(generate, valid_request, ollama, fault, params, sta
     assert len(chat_calls(ollama)) == 3  # OLLAMA_MAX_RETRIES=2: one try and two retries
     row = only_row()
     assert (row.error_type, row.attempts) == (type_, 3)
-    assert error["message"]
+    assert error["message"].endswith("(3 attempts)")
 
 
 def test_max_retries_setting(generate, valid_request, ollama, settings):
