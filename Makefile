@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1:8000
 
-.PHONY: run test setup migrate chromium bench clean
+.PHONY: run test setup secret-key migrate chromium bench clean
 
 $(BIN)/.requirements: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,19 @@ $(BIN)/.requirements-dev: requirements-dev.txt $(BIN)/.requirements
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-setup: $(BIN)/.requirements
+# With DEBUG off (the default) the gateway refuses to start without a SECRET_KEY: give this checkout a random
+# one of its own in .env (gitignored), once. An existing SECRET_KEY line is left alone.
+secret-key:
+	@grep -qs '^SECRET_KEY=.' .env || { \
+		printf '\nSECRET_KEY=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" >> .env; \
+		echo "Wrote a random SECRET_KEY to .env"; }
+
+setup: $(BIN)/.requirements secret-key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 
 run: setup
+	@echo "API calls need a key: $(BIN)/python manage.py create_api_key demo  (the key is its last line)"
 	$(BIN)/python manage.py runserver $(HOST)
 
 # The browser tests drive Debian's Chromium; Playwright is never allowed to download a browser of its own.

@@ -14,8 +14,11 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# A worker silent for longer than this is killed; it must outlast the slowest legitimate Ollama reply.
-timeout = int(_gateway["OLLAMA_TIMEOUT"] + 30)
+# A worker silent for longer than this is killed; it must outlast the slowest legitimate generation: every
+# call to Ollama (retries included, and json mode's one extra ask) taking the longest it may, plus the pauses.
+_calls = 2 * (_gateway["OLLAMA_MAX_RETRIES"] + 1)
+_pauses = 2 * _gateway["OLLAMA_MAX_RETRIES"] * 10  # llm.providers.ollama.MAX_BACKOFF_SECONDS each
+timeout = int(_calls * (_gateway["OLLAMA_TIMEOUT"] + _gateway["OLLAMA_CONNECT_TIMEOUT"]) + _pauses + 30)
 graceful_timeout = 30
 keepalive = 5
 # The gateway logs one structured line per request itself.

@@ -89,7 +89,7 @@ STOP_TIMEOUT = 10.0
 # shipped copywriter/sns template, which a freshly migrated database holds as version 1.
 ROLE, TASK = "copywriter", "sns"
 PAYLOAD = {"product": "Green tea", "tone": "calm", "audience": "office workers"}
-SHIPPED = importlib.import_module("llm.migrations.0003_seed_prompt_templates")
+SHIPPED = importlib.import_module("llm.migrations.0004_seed_prompt_templates")
 TEMPLATE = next(t for t in SHIPPED.TEMPLATES if (t["role"], t["task"]) == (ROLE, TASK))
 # What the fake Ollama answers: valid against the template's output schema, so that json mode succeeds.
 REPLY = json.dumps({"caption": "Slow down with a cup of green tea.", "hashtags": ["#greentea", "#calm"],
@@ -313,6 +313,7 @@ def gateway_environment(database_url: str, ollama_url: str, log_level: str, work
         "OLLAMA_CONNECT_TIMEOUT": "2",
         "DATABASE_URL": database_url,
         "DEBUG": "false",  # DEBUG keeps every SQL query in memory: never measure with it on
+        "SECRET_KEY": secrets.token_urlsafe(50),  # required with DEBUG off; this run's own
         "LOG_LEVEL": log_level,
         "PYTHONUNBUFFERED": "1",
     })
@@ -329,6 +330,12 @@ def run_python(env: dict[str, str], *args: str) -> str:
 
 def migrate(env: dict[str, str]) -> None:
     run_python(env, "manage.py", "migrate", "--noinput", "-v", "0")
+
+
+def create_api_key(env: dict[str, str]) -> str:
+    """A key for the benchmark's consumer. Its limit is high but set, so that every request is still counted."""
+    output = run_python(env, "manage.py", "create_api_key", "bench", "--rate-limit", "100000000")
+    return output.strip().splitlines()[-1]
 
 
 def audit_counts(env: dict[str, str]) -> dict:
@@ -488,6 +495,7 @@ def benchmark(args: argparse.Namespace, command: str) -> dict:
         ollama_url = start_fake_ollama(stack, workdir)
         env = gateway_environment(database.url, ollama_url, args.log_level, workdir)
         migrate(env)
+        api_key = create_api_key(env)
         before = audit_counts(env)
 
         gateway_url, gunicorn, gunicorn_log = start_gunicorn(stack, env, args, workdir)
@@ -495,8 +503,8 @@ def benchmark(args: argparse.Namespace, command: str) -> dict:
 
         headers = {"Content-Type": "application/json"}
         timeout = httpx.Timeout(REQUEST_TIMEOUT)
-        gateway = stack.enter_context(httpx.Client(base_url=gateway_url, headers=headers, timeout=timeout,
-                                                   trust_env=False))
+        gateway = stack.enter_context(httpx.Client(base_url=gateway_url, timeout=timeout, trust_env=False,
+                                                   headers={**headers, "Authorization": f"Bearer {api_key}"}))
         direct = stack.enter_context(httpx.Client(base_url=ollama_url, headers=headers, timeout=timeout,
                                                   trust_env=False))
         bodies = request_bodies(args.mode)

@@ -51,6 +51,19 @@ def _number(minimum: float, *, exclusive: bool = False) -> Callable[[str], float
     return parse
 
 
+def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}") from None
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}")
+        return value
+
+    return parse
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in environ.Env.BOOLEAN_TRUE_STRINGS:
@@ -80,6 +93,10 @@ def _text(raw: str) -> str:
 
 def _host_list(raw: str) -> list[str]:
     return [host.strip() for host in raw.split(",") if host.strip()]
+
+
+def _word_list(raw: str) -> tuple[str, ...]:
+    return tuple(word.strip().lower() for word in raw.split(",") if word.strip())
 
 
 def _scheme(raw: str, known: dict, example: str) -> None:
@@ -125,6 +142,10 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="seconds to wait for Ollama's reply (read timeout)"),
     SettingSpec("OLLAMA_CONNECT_TIMEOUT", "5", _number(0, exclusive=True),
                 help="seconds to wait for a TCP connection to Ollama"),
+    SettingSpec("OLLAMA_MAX_RETRIES", "2", _integer(0, 10),
+                help="extra tries after a connection error, 429 or 5xx from Ollama (never after other 4xx)"),
+    SettingSpec("OLLAMA_RETRY_BACKOFF", "0.5", _number(0),
+                help="seconds before the first retry; doubled for each further one (with jitter, capped at 10s)"),
     SettingSpec("OLLAMA_DEFAULT_MODEL", "qwen2.5:7b", _text,
                 help="model tried first for prompt templates that name none"),
     SettingSpec("MOCK_RESPONSE_DELAY", "1.0", _number(0), help="seconds the mock provider waits before replying"),
@@ -132,9 +153,19 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", _database_url, secret=True,
                 help="audit database; SQLite file by default"),
     SettingSpec("CACHE_URL", "locmemcache://", _cache_url, secret=True, help="shared cache, e.g. redis://host:6379/0"),
-    SettingSpec("SECRET_KEY", "django-insecure-dev-only-change-me-in-production", _text, secret=True,
-                help="Django secret key; set a long random value in production"),
+    SettingSpec("SECRET_KEY", "", str.strip, secret=True,
+                help="Django secret key: required unless DEBUG is on; 50+ random characters in production"),
     SettingSpec("DEBUG", "false", _bool, help="Django debug mode; never on in production"),
+    SettingSpec("BEHIND_TLS_PROXY", "false", _bool,
+                help="served over HTTPS via a proxy that sets X-Forwarded-Proto: secure cookies, HTTPS redirect, HSTS"),
+    SettingSpec("SECURE_HSTS_SECONDS", "31536000", _integer(0, 10 * 365 * 24 * 3600),
+                help="HSTS max-age sent when BEHIND_TLS_PROXY is on; 0 sends none"),
+    SettingSpec("SECURE_HSTS_INCLUDE_SUBDOMAINS", "false", _bool, help="HSTS also covers subdomains"),
+    SettingSpec("SECURE_HSTS_PRELOAD", "false", _bool, help="HSTS asks to be preloaded by browsers"),
+    SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
+                help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
+    SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,
+                help="payload keys whose values are masked before they are stored or sent to a model"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),
     SettingSpec("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), help="log level of the gateway"),
 )

@@ -1,13 +1,35 @@
 """Django settings for the LLM Gateway. Every tunable value comes from gateway_project.environment."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from gateway_project.environment import BASE_DIR, resolve
 
 GATEWAY_ENV = resolve()
 env = GATEWAY_ENV.values
 
-SECRET_KEY = env["SECRET_KEY"]
 DEBUG = env["DEBUG"]
+# Sessions (admin logins) are signed with this key. A published default would let anyone forge them, so it
+# is accepted only for local development with DEBUG on.
+DEV_SECRET_KEY = "django-insecure-dev-only-never-use-this-key-outside-a-developer-machine"
+SECRET_KEY = env["SECRET_KEY"] or (DEV_SECRET_KEY if DEBUG else "")
+if not DEBUG and (not SECRET_KEY or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a long random value when DEBUG is off, e.g. "
+        "SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(50))'); "
+        "for local development set DEBUG=true instead."
+    )
 ALLOWED_HOSTS = env["ALLOWED_HOSTS"]
+
+# HTTPS behind a TLS-terminating proxy: trust its X-Forwarded-Proto, keep cookies on HTTPS, send HSTS.
+# Off by default so that the quickstart works over plain http://127.0.0.1.
+if env["BEHIND_TLS_PROXY"]:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env["SECURE_HSTS_SECONDS"]
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env["SECURE_HSTS_INCLUDE_SUBDOMAINS"]
+    SECURE_HSTS_PRELOAD = env["SECURE_HSTS_PRELOAD"]
 
 # Gateway
 GENERATOR_MODE = env["GENERATOR_MODE"]
@@ -17,7 +39,13 @@ OLLAMA_CONNECT_TIMEOUT = env["OLLAMA_CONNECT_TIMEOUT"]
 OLLAMA_DEFAULT_MODEL = env["OLLAMA_DEFAULT_MODEL"]
 MOCK_RESPONSE_DELAY = env["MOCK_RESPONSE_DELAY"]
 COMFYUI_BASE_URL = env["COMFYUI_BASE_URL"]
+OLLAMA_MAX_RETRIES = env["OLLAMA_MAX_RETRIES"]
+OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
 GENERATE_MAX_BODY_BYTES = 64 * 1024
+RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
+# The counting window; only tests shorten or lengthen it.
+RATE_LIMIT_WINDOW_SECONDS = 60
+REDACT_KEYS = env["REDACT_KEYS"]
 
 INSTALLED_APPS = [
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site
@@ -27,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files served from here, not from a CDN
     "llm",
     "diagnostics",
 ]
@@ -72,6 +102,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
+    # Reopening a WAL database per request costs ~2.5 ms (open, PRAGMAs, and a checkpoint at close): keep it open.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
@@ -79,6 +111,9 @@ else:
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
 CACHES = {"default": env["CACHE_URL"]}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A rate-limit check waits at most this long for Redis, then lets the request through (llm.rate_limits).
+    CACHES["default"].setdefault("OPTIONS", {}).update(socket_connect_timeout=0.5, socket_timeout=0.5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -107,6 +142,22 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "llm.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Gateway API",
+    "DESCRIPTION": "Generations from locally hosted LLMs, for other teams' services. Authenticate with an API key "
+                   "(`Authorization: Bearer <key>` or `X-API-Key: <key>`). Every error has the shape "
+                   '`{"error": {"type", "message", "request_id", "details"?}}`.',
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["llm.schema.only_the_llm_api"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "llm.schema.closed_request_objects"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

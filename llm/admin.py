@@ -2,17 +2,93 @@ import json
 import uuid
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Max
+from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from llm import prompt_templates
-from llm.models import VERSION_CONTENT, Generation, PromptTemplate, PromptTemplateVersion
+from llm import api_keys, prompt_templates
+from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
+
+
+class ApiKeyInline(admin.TabularInline):
+    """A consumer's keys at a glance; keys are issued and revoked on the API key pages."""
+
+    model = ApiKey
+    fields = ("shown_prefix", "created_at", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Key")
+    def shown_prefix(self, obj):
+        return f"gw_{obj.prefix}…"
+
+
+@admin.register(Consumer)
+class ConsumerAdmin(admin.ModelAdmin):
+    list_display = ("name", "is_active", "rate_limit_per_minute", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("name",)
+    fields = ("name", "is_active", "rate_limit_per_minute", "created_at")
+    readonly_fields = ("created_at",)
+    inlines = [ApiKeyInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Issue keys (the key is shown once, on the page after saving), set expiries, revoke. No hash is ever shown."""
+
+    list_display = ("shown_prefix", "consumer", "state", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("consumer", ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("consumer",)
+    search_fields = ("prefix", "consumer__name")
+    actions = ["revoke_keys"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("consumer", "expires_at")
+        return ("shown_prefix", "consumer", "state", "created_at", "expires_at", "revoked_at", "last_used_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("shown_prefix", "consumer", "state", "created_at", "revoked_at", "last_used_at")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            # Kept on the instance for response_add only; the database gets the hash.
+            obj.raw_key = api_keys.assign_secret(obj)
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the new key once, on this response itself: a redirect would have to carry it in a cookie."""
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "api_key": obj,
+                   "raw_key": obj.raw_key, "title": "API key created"}
+        return TemplateResponse(request, "admin/llm/apikey/created.html", context)
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke_keys(self, request, queryset):
+        count = api_keys.revoke(queryset)
+        self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
+
+    @admin.display(description="Key", ordering="prefix")
+    def shown_prefix(self, obj):
+        return f"gw_{obj.prefix}…"
+
+    @admin.display(description="State")
+    def state(self, obj):
+        return obj.refusal(timezone.now()) or "Active"
 
 
 class ModelListField(forms.CharField):
@@ -277,9 +353,11 @@ class PromptTemplateVersionAdmin(admin.ModelAdmin):
 class GenerationAdmin(admin.ModelAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone."""
 
-    list_display = ("created_at", "status", "http_status", "role", "task", "provider", "model", "mode",
-                    "latency_ms", "prompt_tokens", "completion_tokens", "error_type")
-    list_filter = ("status", "provider", "mode", "model", "error_type", ("created_at", admin.DateFieldListFilter))
+    list_display = ("created_at", "status", "http_status", "consumer", "role", "task", "provider", "model", "mode",
+                    "latency_ms", "attempts", "prompt_tokens", "completion_tokens", "error_type")
+    list_filter = ("status", "consumer", "provider", "mode", "model", "error_type",
+                   ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("consumer",)
     search_fields = ("=id",)
     search_help_text = "Search by generation id (the X-Request-ID of the response)."
     ordering = ("-created_at",)
@@ -288,11 +366,12 @@ class GenerationAdmin(admin.ModelAdmin):
     list_per_page = 50
     fieldsets = (
         (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
-        ("Request", {"fields": ("role", "task", "template_version_link", "mode", "provider", "model", "client_ip",
-                                "user_agent", "request_bytes", "request_json")}),
+        ("Request", {"fields": ("consumer", "api_key_prefix", "role", "task", "template_version_link", "mode",
+                                "provider", "model", "client_ip", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("prompt_json",)}),
         ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
-                                "prompt_tokens", "completion_tokens", "latency_ms", "upstream_ms")}),
+                                "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
+                                "upstream_ms")}),
     )
 
     def get_readonly_fields(self, request, obj=None):

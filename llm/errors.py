@@ -24,11 +24,35 @@ class GatewayError(Exception):
     type = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, details: dict | None = None, headers: dict | None = None):
+    def __init__(self, message: str, *, details: dict | None = None, headers: dict | None = None,
+                 attempts: int | None = None):
         super().__init__(message)
         self.message = message
         self.details = details
         self.headers = headers or {}
+        # Calls made to the provider before this error was raised, retries included (None: not a provider error).
+        self.attempts = attempts
+
+
+AUTHENTICATE_HEADER = 'Bearer realm="llm-gateway"'
+
+
+class NotAuthenticated(GatewayError):
+    type, status = "not_authenticated", 401
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, headers={"WWW-Authenticate": AUTHENTICATE_HEADER}, **kwargs)
+
+
+class AuthenticationFailed(NotAuthenticated):
+    type = "authentication_failed"
+
+
+class RateLimited(GatewayError):
+    type, status = "rate_limited", 429
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, details={"retry_after": retry_after})
 
 
 class InvalidRequest(GatewayError):

@@ -43,6 +43,7 @@ class Route:
         self.models = models
         self.tried: list[dict] = []  # {"model": ..., "outcome": "succeeded" | error type}, one per provider call
         self.upstream_ms = 0.0
+        self.attempts = 0  # HTTP calls to the provider, its own retries included
         self._first = 0  # the model asked first: the one that answered last
 
     def ask(self, provider, request: GenerationRequest) -> ProviderReply:
@@ -70,10 +71,12 @@ class Route:
             reply = provider.generate(request)
         except Exception as exc:
             entry["outcome"] = getattr(exc, "type", "internal_error")
+            self.attempts += getattr(exc, "attempts", None) or 1
             raise
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         entry["outcome"] = "succeeded"
+        self.attempts += reply.attempts
         return reply
 
 

@@ -10,9 +10,11 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
-from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, PayloadTooLarge,
-                        UnsupportedMediaType)
-from llm.models import Generation, PromptTemplateVersion
+from gateway_project.redaction import mask_secrets
+from llm import api_keys, rate_limits
+from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, NotAuthenticated,
+                        PayloadTooLarge, UnsupportedMediaType)
+from llm.models import ApiKey, Generation, PromptTemplateVersion
 from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
@@ -26,16 +28,23 @@ MAX_DEPTH = 32
 
 
 def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-             client_ip: str | None = None, user_agent: str = "") -> Generation:
+             api_key: ApiKey | None, refusal: NotAuthenticated | None = None, client_ip: str | None = None,
+             user_agent: str = "") -> Generation:
     """Answer one generation request; return the completed audit row or raise the GatewayError answered.
 
-    Whatever happens, the attempt leaves exactly one Generation row. If that row cannot be written,
-    nothing is generated and AuditUnavailable is raised.
+    `api_key` is the caller's verified key; `refusal` why the key presented was refused. Whatever happens, the
+    attempt leaves exactly one Generation row. If that row cannot be written, nothing is generated and
+    AuditUnavailable is raised.
     """
     row = Generation(id=request_id, request_bytes=body_size, client_ip=client_ip or None,
                      user_agent=(user_agent or "")[:512])
+    known_key = api_key or getattr(refusal, "api_key", None)
+    if known_key is not None:
+        row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
     try:
-        data = _parse(body, body_size, content_type)
+        _admit(api_key, refusal)
+        # Secrets are masked first: neither the audit log nor the model ever sees them.
+        data = mask_secrets(_parse(body, body_size, content_type), settings.REDACT_KEYS)
         row.request = _storable(data)
         _describe(row, data)
         request, models = _validate(data, row)
@@ -69,25 +78,37 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         try:
             output = _read_output(route, reply, request)
         except InvalidOutput:
-            # Sampling often gets it right the second time: the model that answered is asked once more.
+            # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
+            # complies when asked again; once is enough. The model that answered is the one asked again.
             logger.info("json-mode reply unusable; asking once more", extra={"request_id": str(request_id)})
             reply = route.ask(provider, request)
             output = _read_output(route, reply, request)
     except GatewayError as exc:
         row.models_tried = route.tried
         _record_failure(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
-                        raw_output=reply.content if reply and exc.type == "invalid_output" else "")
+                        raw_output=reply.content if reply else "", attempts=route.attempts)
         raise
     except Exception as exc:
         logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
         row.models_tried = route.tried
-        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started)
+        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started,
+                        attempts=route.attempts)
         raise
     row.models_tried = route.tried
     _complete(row, row.succeed, output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
               completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
-              latency_ms=_elapsed_ms(started))
+              latency_ms=_elapsed_ms(started), attempts=route.attempts)
     return row
+
+
+def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
+    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed."""
+    if refusal is not None:
+        raise refusal
+    if api_key is None:
+        raise api_keys.missing_key()
+    # Counted after authentication: unauthenticated traffic must not use up a consumer's allowance.
+    rate_limits.count_request(api_key.consumer)
 
 
 def _parse(body: bytes, body_size: int, content_type: str):
@@ -99,10 +120,32 @@ def _parse(body: bytes, body_size: int, content_type: str):
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+    # Checked without recursion, before anything walks the value recursively (masking, storing, validating):
+    # a body nested hundreds of levels deep would otherwise exhaust Python's stack.
+    if _nesting(data) > MAX_DEPTH:
+        raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
+    return data
+
+
+def _nesting(value) -> int:
+    """How many levels of objects and arrays a parsed JSON value has, counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_DEPTH:
+            break
+    return deepest
 
 
 def _reject_constant(name: str):
@@ -123,7 +166,8 @@ def _describe(row: Generation, data) -> None:
     for column in ("role", "task", "mode", "model"):
         value = data.get(column)
         if isinstance(value, str):
-            setattr(row, column, _storable(value)[: Generation.SHORT])
+            # Each column's own length: PostgreSQL refuses a longer value (a 9-character mode) outright.
+            setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
 
 
 def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str]]:
@@ -214,9 +258,10 @@ def _storable(value):
 
 
 def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
-                    raw_output: str = "") -> None:
+                    raw_output: str = "", attempts: int = 0) -> None:
     _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
-              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output))
+              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output),
+              attempts=attempts)
 
 
 def _complete(row: Generation, transition, **fields) -> None:

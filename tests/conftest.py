@@ -2,17 +2,33 @@ import importlib
 import json
 
 import pytest
+from django.core.cache import cache
 
 from gateway_project.environment import resolve
+from llm import api_keys
+from llm.models import Consumer
 from tests.fake_ollama import FakeOllama, free_port_refused
 
 GENERATE_URL = "/api/v1/llm/generate"
+# A rate-limit window for tests that count: windows start at multiples of their length since the epoch, so with
+# this one the next boundary is in 2033 and a count is never cut short in mid-test (an hour-long one was, at 22:00).
+LONG_WINDOW = 10**9
 
 
 @pytest.fixture(autouse=True)
 def _no_mock_delay(settings):
     """The mock's one-second think time is for people watching a demo, not for a test suite."""
     settings.MOCK_RESPONSE_DELAY = 0
+    # Retries stay on (OLLAMA_MAX_RETRIES=2 as in production) but pause for milliseconds.
+    settings.OLLAMA_RETRY_BACKOFF = 0.001
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +59,7 @@ def shipped_templates(db):
     """The prompt templates the seed migration ships, present even after a transactional test's flush."""
     from django.apps import apps
 
-    seed = importlib.import_module("llm.migrations.0003_seed_prompt_templates")
+    seed = importlib.import_module("llm.migrations.0004_seed_prompt_templates")
     seed.seed_templates(apps)
     return seed.TEMPLATES
 
@@ -64,11 +80,27 @@ def make_template(db):
 
 
 @pytest.fixture
-def generate(client, shipped_templates):
-    """POST a generation request the way an API consumer would; a dict is sent as JSON."""
+def consumer(db):
+    return Consumer.objects.create(name="test-team")
 
-    def post(body=None, *, raw=None, content_type="application/json", **extra):
+
+@pytest.fixture
+def api_key(consumer):
+    """A valid key of the test consumer, as the client sends it."""
+    return api_keys.issue_key(consumer)[1]
+
+
+@pytest.fixture
+def generate(client, api_key, shipped_templates):
+    """POST a generation request the way an API consumer would: a dict is sent as JSON, with a valid API key.
+
+    key=None sends no key; key="..." sends that one. Extra headers go in as HTTP_... keyword arguments.
+    """
+
+    def post(body=None, *, raw=None, content_type="application/json", key=api_key, **extra):
         data = raw if raw is not None else json.dumps(body if body is not None else {})
+        if key is not None:
+            extra.setdefault("HTTP_AUTHORIZATION", f"Bearer {key}")
         return client.post(GENERATE_URL, data=data, content_type=content_type, **extra)
 
     return post

@@ -24,3 +24,4 @@ class ProviderReply:
     prompt_tokens: int | None
     completion_tokens: int | None
     upstream_ms: float
+    attempts: int = 1  # calls made upstream for this reply, retries included

@@ -95,7 +95,8 @@ def test_row_is_pending_while_the_provider_works(generate, valid_request, ollama
 
 
 @pytest.mark.django_db(transaction=True)
-def test_every_concurrent_request_leaves_exactly_one_row(generate, valid_request, ollama):
+def test_every_concurrent_request_leaves_exactly_one_row(generate, valid_request, ollama, settings):
+    settings.OLLAMA_MAX_RETRIES = 0  # each injected fault reaches exactly one client (retries: test_retries.py)
     ollama.reply = SNS_REPLY
     # A garbled reply is a server fault: no fallback model is tried, so exactly five requests fail.
     ollama.fault("malformed", times=5)

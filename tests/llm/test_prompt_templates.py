@@ -135,6 +135,8 @@ def test_a_version_cannot_be_changed_or_deleted(make_template):
         ({"fallback_models": ["qwen2.5:7b", ""]}, "fallback_models", "list of model names"),
         ({"allowed_models": "llama3.2:1b"}, "allowed_models", "list of model names"),
         ({"options": [1]}, "options", "JSON object"),
+        ({"options": {"num_gpu": 1}}, "options", "num_gpu: Unknown option"),
+        ({"options": {"temperature": 3}}, "options", "temperature: Ensure this value is less than or equal to 2."),
     ],
 )
 def test_an_invalid_version_is_refused_with_the_field_named(changes, field, message):
@@ -148,7 +150,7 @@ def test_an_invalid_version_is_refused_with_the_field_named(changes, field, mess
 
 
 def test_the_seed_migration_adds_only_what_is_missing(shipped_templates):
-    seed = importlib.import_module("llm.migrations.0003_seed_prompt_templates")
+    seed = importlib.import_module("llm.migrations.0004_seed_prompt_templates")
     sns = PromptTemplate.objects.get(role="copywriter", task="sns")
     edited = prompt_templates.save_version(template=sns, content={**sns.current_version.content(),
                                                                   "user_template": "Edited {product} {tone}"})

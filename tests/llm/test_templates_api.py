@@ -11,12 +11,22 @@ pytestmark = pytest.mark.django_db
 URL = "/api/v1/llm/templates"
 
 
+@pytest.fixture
+def get(client, api_key, shipped_templates):
+    """GET the catalog as a consumer does, with its API key."""
+
+    def fetch(**extra):
+        return client.get(URL, HTTP_AUTHORIZATION=f"Bearer {api_key}", **extra)
+
+    return fetch
+
+
 def by_key(body):
     return {(t["role"], t["task"]): t for t in body["templates"]}
 
 
-def test_lists_the_shipped_roles_tasks_payload_fields_and_output_schemas(client, shipped_templates):
-    response = client.get(URL)
+def test_lists_the_shipped_roles_tasks_payload_fields_and_output_schemas(get):
+    response = get()
 
     assert response.status_code == 200
     body = response.json()
@@ -39,25 +49,30 @@ def test_lists_the_shipped_roles_tasks_payload_fields_and_output_schemas(client,
         assert "system_prompt" not in template  # the prompt text is the operators' business
 
 
-def test_shows_the_current_version_and_hides_inactive_templates(client, shipped_templates):
+def test_shows_the_current_version_and_hides_inactive_templates(get):
     sns = PromptTemplate.objects.get(role="copywriter", task="sns")
     prompt_templates.save_version(template=sns, content={**sns.current_version.content(),
                                                          "user_template": "{product} for {audience}"})
     PromptTemplate.objects.filter(role="marketer").update(is_active=False)
 
-    body = client.get(URL).json()
+    body = get().json()
 
     assert body["roles"] == {"copywriter": ["ad_headline", "product_description", "sns"]}
     listed = by_key(body)[("copywriter", "sns")]
     assert listed["version"] == 2 and listed["payload_fields"] == ["product", "audience"]
 
 
-def test_what_it_lists_is_what_generate_accepts(client, generate, shipped_templates):
-    for template in client.get(URL).json()["templates"]:
+def test_what_it_lists_is_what_generate_accepts(get, generate):
+    for template in get().json()["templates"]:
         response = generate({"role": template["role"], "task": template["task"],
                              "payload": template["sample_payload"]})
         assert response.status_code == 200, response.content
 
 
-def test_other_methods_are_405_in_the_error_shape(client):
-    assert_error(client.post(URL, {}), 405, "method_not_allowed")
+def test_it_takes_the_same_api_key_as_generate(client, shipped_templates):
+    assert_error(client.get(URL), 401, "not_authenticated")
+    assert_error(client.get(URL, HTTP_AUTHORIZATION="Bearer gw_nope"), 401, "authentication_failed")
+
+
+def test_other_methods_are_405_in_the_error_shape(client, api_key):
+    assert_error(client.post(URL, {}, HTTP_AUTHORIZATION=f"Bearer {api_key}"), 405, "method_not_allowed")

@@ -184,6 +184,6 @@ def seed_templates(apps, schema_editor=None):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("llm", "0002_prompt_templates")]
+    dependencies = [("llm", "0003_prompt_templates")]
 
     operations = [migrations.RunPython(seed_templates, migrations.RunPython.noop, elidable=False)]

@@ -1,0 +1,35 @@
+"""API-key authentication for the LLM API views.
+
+Set per view, never in DEFAULT_AUTHENTICATION_CLASSES: an API key opens the generation API and nothing else
+(not the admin, not the debug endpoints, which take staff sessions).
+"""
+
+from rest_framework import authentication, exceptions
+
+from llm import api_keys
+from llm.errors import AUTHENTICATE_HEADER
+
+
+class ApiKeyRefused(exceptions.AuthenticationFailed):
+    """DRF's AuthenticationFailed carrying the gateway's refusal, so that the view can audit it."""
+
+    def __init__(self, refusal: api_keys.KeyRefused):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <key>` or `X-API-Key: <key>`; authenticates as (Consumer, ApiKey)."""
+
+    def authenticate(self, request):
+        try:
+            raw = api_keys.presented_key(request.META)
+            if raw is None:
+                return None
+            key = api_keys.verify(raw)
+        except api_keys.KeyRefused as refusal:
+            raise ApiKeyRefused(refusal) from None
+        return key.consumer, key
+
+    def authenticate_header(self, request):
+        return AUTHENTICATE_HEADER

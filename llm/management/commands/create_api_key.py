@@ -1,0 +1,44 @@
+"""manage.py create_api_key NAME: issue an API key for a consumer (created if new); the key is the last line."""
+
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from llm import api_keys
+from llm.models import Consumer
+
+
+class Command(BaseCommand):
+    help = "Issue an API key for the named consumer, creating the consumer if needed. The key is printed once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="the consumer: a team or service, e.g. marketing-site")
+        parser.add_argument("--expires-in-days", type=int, metavar="DAYS",
+                            help="refuse the key after this many days (default: never)")
+        parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
+                            help="set the consumer's own generations per minute (0: unlimited)")
+
+    def handle(self, *args, name, expires_in_days, rate_limit, **options):
+        name = name.strip()
+        if not name or len(name) > Consumer._meta.get_field("name").max_length:
+            raise CommandError("NAME must be 1 to 100 characters.")
+        if expires_in_days is not None and expires_in_days < 1:
+            raise CommandError("--expires-in-days must be at least 1.")
+        if rate_limit is not None and rate_limit < 0:
+            raise CommandError("--rate-limit must be 0 (unlimited) or more.")
+        expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+        with transaction.atomic():
+            consumer, created = Consumer.objects.get_or_create(name=name)
+            if rate_limit is not None:
+                consumer.rate_limit_per_minute = rate_limit
+                consumer.save(update_fields=["rate_limit_per_minute"])
+            key, raw = api_keys.issue_key(consumer, expires_at=expires_at)
+        if not consumer.is_active:
+            self.stderr.write(f"Warning: consumer {name!r} is disabled; its keys are refused until it is enabled.")
+        self.stdout.write(f"{'Created consumer' if created else 'Consumer'} {name!r}; "
+                          f"new API key gw_{key.prefix}… "
+                          + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
+        self.stdout.write("Store it now: it is not shown again. Send it as 'Authorization: Bearer <key>'.")
+        self.stdout.write(raw)

@@ -1,0 +1,70 @@
+"""The OpenAPI description of the LLM API (drf-spectacular): authentication, the error shape, which paths."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+
+from llm.serializers import ErrorSerializer
+
+BEARER = "ApiKeyBearer"
+HEADER = "ApiKeyHeader"
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "llm.authentication.ApiKeyAuthentication"
+    name = [BEARER, HEADER]
+
+    def get_security_requirement(self, auto_schema):
+        # Either header alone authenticates: two alternatives, not one requirement naming both.
+        return [{BEARER: []}, {HEADER: []}]
+
+    def get_security_definition(self, auto_schema):
+        how = ("A consumer's API key (gw_…), issued by `manage.py create_api_key NAME` or in admin. "
+               "Missing, invalid, expired or revoked keys get 401.")
+        return [
+            {"type": "http", "scheme": "bearer", "bearerFormat": "gw_<prefix>_<secret>", "description": how},
+            {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": how},
+        ]
+
+
+def _error(description: str, type_: str, message: str) -> OpenApiResponse:
+    example = {"error": {"type": type_, "message": message, "request_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}}
+    return OpenApiResponse(ErrorSerializer, description=description,
+                           examples=[OpenApiExample(type_, value=example, response_only=True)])
+
+
+ERROR_RESPONSES = {
+    400: _error("invalid_request: the body is not JSON, or fields are missing, unknown or out of range "
+                "(per-field messages in `details`); also Ollama refusing the request.",
+                "invalid_request", "The request is invalid; see details."),
+    401: _error("not_authenticated (no key) or authentication_failed (invalid, expired or revoked key). "
+                "Sent with `WWW-Authenticate: Bearer`.", "authentication_failed", "The API key is not valid."),
+    404: _error("model_not_found: the model is not pulled on the Ollama server.", "model_not_found",
+                "Model 'mistral:7b' is not available on Ollama at http://localhost:11434."),
+    413: _error("payload_too_large: the body is over 64 KiB.", "payload_too_large",
+                "The request body is 70000 bytes; the limit is 65536 bytes (64 KiB)."),
+    415: _error("unsupported_media_type: the body must be application/json.", "unsupported_media_type",
+                "Content-Type must be application/json, not 'text/plain'."),
+    429: _error("rate_limited: the consumer's generations per minute are used up; `Retry-After` says for how many "
+                "seconds.", "rate_limited", "Rate limit of 60 generations per minute exceeded; retry after 12s."),
+    502: _error("upstream_error (Ollama failed, after retries) or invalid_output (json mode: the model's reply, "
+                "asked twice, was not a JSON object).", "invalid_output", "The model's reply is not a JSON object."),
+    503: _error("upstream_unavailable (Ollama cannot be reached or is busy, after retries) or audit_unavailable "
+                "(the audit log cannot be written, so nothing was generated).", "upstream_unavailable",
+                "Cannot connect to Ollama at http://localhost:11434."),
+    504: _error("upstream_timeout: Ollama did not reply within OLLAMA_TIMEOUT.", "upstream_timeout",
+                "Ollama did not reply within 120s (OLLAMA_TIMEOUT)."),
+}
+
+
+def only_the_llm_api(endpoints):
+    """drf-spectacular preprocessing hook: the published schema is the consumers' API, not staff endpoints."""
+    return [endpoint for endpoint in endpoints if endpoint[0].startswith("/api/v1/llm/")]
+
+
+def closed_request_objects(result, generator, request, public):
+    """drf-spectacular postprocessing hook: request objects reject unknown fields, so the schema says so."""
+    schemas = result.get("components", {}).get("schemas", {})
+    for name in ("GenerateRequestRequest", "OllamaOptionsRequest"):
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    return result
