@@ -52,10 +52,11 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
         _record_failure(row, exc, started)
         raise
     except DatabaseError as exc:
-        logger.error("prompt template not readable; generation refused", extra={"request_id": str(request_id),
-                                                                                 "error": str(exc)})
-        refused = AuditUnavailable("The prompt templates cannot be read from the database, so nothing was "
-                                   "generated. Try again later.")
+        # Reading the prompt template is the first database query of a generation.
+        logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
+                                                                          "error": str(exc)})
+        refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
+                                   "Try again later.")
         # If the database is down altogether, this raises AuditUnavailable itself: the row cannot be written either.
         _record_failure(row, refused, started)
         raise refused from None

@@ -45,7 +45,7 @@ def test_unreadable_templates_are_503_and_audited(generate, valid_request, ollam
             cursor.execute("ALTER TABLE llm_prompttemplateversion_away RENAME TO llm_prompttemplateversion")
 
     error = assert_error(response, 503, "audit_unavailable")
-    assert "prompt templates cannot be read" in error["message"]
+    assert "The database (prompt templates) cannot be read" in error["message"]
     assert ollama.requests == []
     row = Generation.objects.get()
     assert (row.status, row.error_type, str(row.id)) == ("failed", "audit_unavailable", error["request_id"])
