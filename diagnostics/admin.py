@@ -10,6 +10,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from diagnostics.models import ConnectionCheck
+from gateway_project.admin_site import StaffReadOnlyAdmin
 from diagnostics.resolved_settings import resolved_settings
 from diagnostics.services import run_connection_check
 
@@ -17,7 +18,7 @@ HISTORY_ON_PAGE = 10
 
 
 @admin.register(ConnectionCheck)
-class ConnectionCheckAdmin(admin.ModelAdmin):
+class ConnectionCheckAdmin(StaffReadOnlyAdmin):
     """Read-only history of connection checks, and the Diagnostics pages that add to it."""
 
     list_display = ("created_at", "outcome", "target_url", "source", "model", "generation", "username", "origin",
@@ -27,24 +28,6 @@ class ConnectionCheckAdmin(admin.ModelAdmin):
     list_per_page = 50
     fields = ("created_at", "username", "origin", "target_url", "source", "model", "generation", "ok", "cause",
               "cause_message", "elapsed_ms", "timings_table", "report_json")
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
 
     @admin.display(description="Outcome", ordering="ok")
     def outcome(self, obj):

@@ -1,6 +1,7 @@
 """The gateway's admin site: Django's, plus pages that are not models listed in their app's section of the index."""
 
 from django.contrib import admin
+from django.contrib.admin.utils import flatten_fieldsets
 
 
 class GatewayAdminSite(admin.AdminSite):
@@ -15,3 +16,25 @@ class GatewayAdminSite(admin.AdminSite):
                 if pages:
                     app["models"].extend(pages(request))
         return app_list
+
+
+class StaffReadOnlyAdmin(admin.ModelAdmin):
+    """A log that every staff member may read and nobody, superusers included, may add to, edit or delete from."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return flatten_fieldsets(self.fieldsets) if self.fieldsets else list(self.fields or ())
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from gateway_project.admin_site import StaffReadOnlyAdmin
 from llm import api_keys, prompt_templates
 from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
@@ -294,7 +295,7 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
 
 @admin.register(PromptTemplateVersion)
-class PromptTemplateVersionAdmin(admin.ModelAdmin):
+class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
     """One version exactly as generations used it: part of the audit trail, so read-only like the history."""
 
     list_display = ("template", "number", "created_at", "created_by", "model", "mode")
@@ -306,24 +307,6 @@ class PromptTemplateVersionAdmin(admin.ModelAdmin):
         ("Models", {"fields": ("model", "fallback_models", "allowed_models", "options_json")}),
         ("Preview for the template's sample payload", {"fields": ("preview",)}),
     )
-
-    def get_readonly_fields(self, request, obj=None):
-        return [name for _, options in self.fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
 
     @admin.display(description="System prompt")
     def system_prompt_text(self, obj):
@@ -350,7 +333,7 @@ class PromptTemplateVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Generation)
-class GenerationAdmin(admin.ModelAdmin):
+class GenerationAdmin(StaffReadOnlyAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone."""
 
     list_display = ("created_at", "status", "http_status", "consumer", "role", "task", "provider", "model", "mode",
@@ -374,9 +357,6 @@ class GenerationAdmin(admin.ModelAdmin):
                                 "upstream_ms")}),
     )
 
-    def get_readonly_fields(self, request, obj=None):
-        return [name for _, options in self.fieldsets for name in options["fields"]]
-
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
         if not term:
@@ -385,21 +365,6 @@ class GenerationAdmin(admin.ModelAdmin):
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
             return queryset.none(), False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
 
     @admin.display(description="Template version")
     def template_version_link(self, obj):
