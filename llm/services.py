@@ -221,10 +221,11 @@ def _read_output(route: Route, reply, request: GenerationRequest):
         raise
 
 
-def _unstorable(value, path: str = "body", depth: int = 0) -> str | None:
-    """Why a parsed request cannot be stored or sent faithfully (NUL, lone surrogate, too deep), or None."""
-    if depth > MAX_DEPTH:
-        return f"{path} is nested more than {MAX_DEPTH} levels deep"
+def _unstorable(value, path: str = "body") -> str | None:
+    """Why a parsed request cannot be stored or sent faithfully (NUL, lone surrogate), or None.
+
+    Its depth is already bounded: _parse refuses anything nested deeper than MAX_DEPTH.
+    """
     if isinstance(value, str):
         if "\x00" in value:
             return f"{path} contains a NUL character"
@@ -234,12 +235,12 @@ def _unstorable(value, path: str = "body", depth: int = 0) -> str | None:
             return f"{path} contains an unpaired surrogate (\\ud800-\\udfff)"
     elif isinstance(value, dict):
         for key, item in value.items():
-            problem = _unstorable(key, f"{path} key", depth + 1) or _unstorable(item, f"{path}.{key}", depth + 1)
+            problem = _unstorable(key, f"{path} key") or _unstorable(item, f"{path}.{key}")
             if problem:
                 return problem
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            problem = _unstorable(item, f"{path}[{index}]", depth + 1)
+            problem = _unstorable(item, f"{path}[{index}]")
             if problem:
                 return problem
     return None
