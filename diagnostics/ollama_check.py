@@ -233,10 +233,7 @@ class _Run:
             raise _Failed(HTTP_ERROR, f"The connection to {shown_url} broke off during GET {path}: "
                           f"{exc or exc.__class__.__name__}.",
                           "Retry; if it persists, see Ollama's server log (`journalctl -u ollama`).") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = _json_or_none(response)
         error = data.get("error") if isinstance(data, dict) else None
         if response.status_code == 200 and isinstance(data, dict) and key in data:
             if key == "version":
@@ -287,10 +284,7 @@ class _Run:
                 raise _Failed(GENERATION_FAILED, f"The test generation with {report.model!r} broke off: "
                               f"{exc or exc.__class__.__name__}.",
                               "See Ollama's server log; the model runner may have crashed (out of memory?).") from None
-            try:
-                data = response.json()
-            except ValueError:
-                data = None
+            data = _json_or_none(response)
             message = data.get("message") if isinstance(data, dict) else None
             content = message.get("content") if isinstance(message, dict) else None
             if response.status_code != 200 or not isinstance(content, str):
