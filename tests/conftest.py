@@ -1,5 +1,6 @@
 import importlib
 import json
+from contextlib import contextmanager
 
 import pytest
 from django.core.cache import cache
@@ -208,3 +209,17 @@ def gateway_env(tmp_path, settings):
         return resolved
 
     return start
+
+
+@contextmanager
+def table_missing(table: str):
+    """Make a table unreadable and unwritable for real, as a dropped or locked-out database would."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from llm import api_keys
 from llm.models import ApiKey, Consumer, Generation
-from tests.conftest import assert_error
+from tests.conftest import assert_error, table_missing
 
 pytestmark = pytest.mark.django_db
 
@@ -270,14 +270,7 @@ def test_an_api_key_does_not_open_the_admin(client, api_key, url, header):
 
 @pytest.mark.django_db(transaction=True)
 def test_unreadable_key_table_is_503_not_500(generate, valid_request, api_key):
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE llm_apikey RENAME TO llm_apikey_away")
-    try:
+    with table_missing("llm_apikey"):
         response = generate(valid_request)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE llm_apikey_away RENAME TO llm_apikey")
 
     assert_error(response, 503, "audit_unavailable")

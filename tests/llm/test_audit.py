@@ -2,30 +2,16 @@
 
 import threading
 import time
-from contextlib import contextmanager
-
 import pytest
-from django.db import connection, connections
+from django.db import connections
 
 from llm.models import Generation
-from tests.conftest import SNS_REPLY, assert_error
-
-
-@contextmanager
-def audit_table_missing():
-    """Make the audit table unwritable for real, as a dropped or locked-out database would."""
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE llm_generation RENAME TO llm_generation_away")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE llm_generation_away RENAME TO llm_generation")
+from tests.conftest import SNS_REPLY, assert_error, table_missing
 
 
 @pytest.mark.django_db(transaction=True)
 def test_no_audit_row_means_no_generation_and_503(generate, valid_request, ollama):
-    with audit_table_missing():
+    with table_missing("llm_generation"):
         response = generate(valid_request)
 
     error = assert_error(response, 503, "audit_unavailable")
@@ -36,13 +22,8 @@ def test_no_audit_row_means_no_generation_and_503(generate, valid_request, ollam
 
 @pytest.mark.django_db(transaction=True)
 def test_unreadable_templates_are_503_and_audited(generate, valid_request, ollama):
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE llm_prompttemplateversion RENAME TO llm_prompttemplateversion_away")
-    try:
+    with table_missing("llm_prompttemplateversion"):
         response = generate(valid_request)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE llm_prompttemplateversion_away RENAME TO llm_prompttemplateversion")
 
     error = assert_error(response, 503, "audit_unavailable")
     assert "The database (prompt templates) cannot be read" in error["message"]
@@ -53,7 +34,7 @@ def test_unreadable_templates_are_503_and_audited(generate, valid_request, ollam
 
 @pytest.mark.django_db(transaction=True)
 def test_invalid_request_without_audit_is_503_too(generate):
-    with audit_table_missing():
+    with table_missing("llm_generation"):
         response = generate({"role": 1})
 
     assert_error(response, 503, "audit_unavailable")
