@@ -152,6 +152,9 @@ class Consumer(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True,
         help_text="Generations per minute; empty: the global RATE_LIMIT_PER_MINUTE; 0: unlimited.")
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Generations this consumer may have in flight at once, per gateway process; empty: no cap.")
     is_active = models.BooleanField(default=True, help_text="An inactive consumer's keys are all refused.")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -239,6 +242,9 @@ class Generation(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True, help_text="Total time in the gateway.")
     upstream_ms = models.FloatField(null=True, blank=True, help_text="Time spent waiting for the provider.")
+    stream = models.BooleanField(default=False, help_text="Answered as a stream of deltas.")
+    first_token_ms = models.FloatField(
+        null=True, blank=True, help_text="Streams: from the request's arrival to the first delta sent.")
 
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
