@@ -1,5 +1,6 @@
 # Two commands on a fresh machine with Python 3.11:
 #   make run    set up (virtualenv, requirements, migrations, static files) and serve on http://127.0.0.1:8000
+#               with the production server (gunicorn + uvicorn workers, gunicorn.conf.py)
 #   make test   set up (plus test requirements and Debian's Chromium) and run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -30,7 +31,7 @@ setup: $(BIN)/.requirements secret-key
 
 run: setup
 	@echo "API calls need a key: $(BIN)/python manage.py create_api_key demo  (the key is its last line)"
-	$(BIN)/python manage.py runserver $(HOST)
+	GUNICORN_BIND=$(HOST) WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} $(BIN)/gunicorn
 
 # The browser tests drive Debian's Chromium; Playwright is never allowed to download a browser of its own.
 chromium:

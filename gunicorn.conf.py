@@ -1,6 +1,7 @@
-"""gunicorn settings for the gateway: `gunicorn gateway_project.wsgi` picks this file up from the project root.
+"""gunicorn settings for the gateway: `gunicorn` alone, run from the project root, picks this file up and serves it.
 
-gthread workers: a generation mostly waits on Ollama, so threads (not processes) carry the concurrency.
+uvicorn workers running the ASGI application: a generation mostly waits on Ollama, so each worker's event loop
+holds hundreds of them at once. gunicorn's master keeps the start-up hooks and worker supervision.
 Every value can be overridden on the command line or through GUNICORN_CMD_ARGS.
 """
 
@@ -11,14 +12,12 @@ from gateway_project.environment import resolve
 _gateway = resolve()
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+wsgi_app = "gateway_project.asgi:application"
+worker_class = "uvicorn_worker.UvicornWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# A worker silent for longer than this is killed; it must outlast the slowest legitimate generation: every
-# call to Ollama (retries included, and json mode's one extra ask) taking the longest it may, plus the pauses.
-_calls = 2 * (_gateway["OLLAMA_MAX_RETRIES"] + 1)
-_pauses = 2 * _gateway["OLLAMA_MAX_RETRIES"] * 10  # llm.providers.ollama.MAX_BACKOFF_SECONDS each
-timeout = int(_calls * (_gateway["OLLAMA_TIMEOUT"] + _gateway["OLLAMA_CONNECT_TIMEOUT"]) + _pauses + 30)
+# A worker whose event loop has not reported to the master for this long is stuck and is restarted. A long
+# generation does not count: it waits on the loop, which keeps reporting.
+timeout = 30
 graceful_timeout = 30
 keepalive = 5
 # The gateway logs one structured line per request itself.

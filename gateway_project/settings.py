@@ -41,6 +41,9 @@ MOCK_RESPONSE_DELAY = env["MOCK_RESPONSE_DELAY"]
 COMFYUI_BASE_URL = env["COMFYUI_BASE_URL"]
 OLLAMA_MAX_RETRIES = env["OLLAMA_MAX_RETRIES"]
 OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
+GENERATION_DEADLINE = env["GENERATION_DEADLINE"]
+UPSTREAM_MAX_IN_FLIGHT = env["UPSTREAM_MAX_IN_FLIGHT"]
+UPSTREAM_QUEUE_TIMEOUT = env["UPSTREAM_QUEUE_TIMEOUT"]
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
@@ -53,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "servestatic",  # its system checks; the middleware serves the files
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -64,7 +68,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -133,10 +137,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
 }
 # Serve admin assets straight from the apps when collectstatic has not run (tests, a fresh checkout).
-WHITENOISE_USE_FINDERS = True
+SERVESTATIC_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

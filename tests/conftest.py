@@ -108,6 +108,21 @@ def generate(client, api_key, shipped_templates):
 
 
 @pytest.fixture
+def live_generate(live_server, api_key, shipped_templates):
+    """POST a generation request to the live server over a real socket, as a browser test's API consumer does.
+
+    (The test client would run the async request path in the test's thread, where Playwright's loop runs.)
+    """
+    import httpx
+
+    def post(body, *, key=api_key):
+        return httpx.post(f"{live_server.url}{GENERATE_URL}", json=body, timeout=10, trust_env=False,
+                          headers={"Authorization": f"Bearer {key}"} if key else {})
+
+    return post
+
+
+@pytest.fixture
 def valid_request():
     return {"role": "copywriter", "task": "sns", "payload": {"product": "Green tea", "tone": "calm"}}
 
@@ -129,6 +144,12 @@ def assert_error(response, status: int, type_: str):
 
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def pytest_collection_modifyitems(items):
+    """Browser tests last: from the first one on, Playwright's event loop runs in the main thread for the rest of
+    the session, and the test client cannot run the async request path in a thread with a running loop."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 @pytest.fixture(scope="session")

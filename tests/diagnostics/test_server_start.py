@@ -18,7 +18,7 @@ def test_gunicorn_logs_a_shadowed_setting_at_start(tmp_path):
     env = {**os.environ, "ENV_FILE": str(tmp_path / ".env"), "OLLAMA_BASE_URL": "http://192.168.0.100:11434",
            "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1", "DATABASE_URL": f"sqlite:///{tmp_path}/db"}
     with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "gateway_project.wsgi"], cwd=ROOT, env=env,
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn"], cwd=ROOT, env=env,
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

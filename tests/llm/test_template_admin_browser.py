@@ -19,7 +19,7 @@ def editor(staff_user):
     return staff_user
 
 
-def test_preview_edit_and_trace_a_template(admin_login, editor, live_server, shipped_templates, generate,
+def test_preview_edit_and_trace_a_template(admin_login, editor, live_server, shipped_templates, live_generate,
                                            valid_request):
     page = admin_login()
     page.get_by_role("link", name="Prompt templates").click()
@@ -55,7 +55,7 @@ def test_preview_edit_and_trace_a_template(admin_login, editor, live_server, shi
     expect(page.locator("#preview-user")).to_have_text("A warm post about Oolong for students.")
 
     # A generation now uses v2, and its admin page leads to that exact text.
-    response = generate({**valid_request, "payload": {**valid_request["payload"], "audience": "runners"}})
+    response = live_generate({**valid_request, "payload": {**valid_request["payload"], "audience": "runners"}})
     assert response.status_code == 200
     row = Generation.objects.get()
     page.goto(f"{live_server.url}/admin/llm/generation/{row.id}/change/")
