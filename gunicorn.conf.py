@@ -13,12 +13,14 @@ _gateway = resolve()
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 wsgi_app = "gateway_project.asgi:application"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "gateway_project.workers.GatewayWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # A worker whose event loop has not reported to the master for this long is stuck and is restarted. A long
 # generation does not count: it waits on the loop, which keeps reporting.
 timeout = 30
-graceful_timeout = 30
+# On SIGTERM generations in flight get GRACEFUL_TIMEOUT to finish, then the worker ends the rest itself (error and
+# completed audit row) within seconds (gateway_project.workers); only after that margin does the master kill it.
+graceful_timeout = int(_gateway["GRACEFUL_TIMEOUT"]) + 20
 keepalive = 5
 # The gateway logs one structured line per request itself.
 accesslog = None

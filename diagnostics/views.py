@@ -9,6 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from diagnostics.health import database_ready
+from gateway_project.db_steps import db_step
+from llm import admission
 from diagnostics.models import ConnectionCheck
 from diagnostics.resolved_settings import resolved_settings, shown
 from diagnostics.serializers import ConnectionCheckQuerySerializer
@@ -67,14 +69,16 @@ class DebugOllamaGenerateView(DebugOllamaView):
 
 
 @require_GET
-def healthz(request):
-    """The process answers; no I/O at all."""
+async def healthz(request):
+    """The process answers; no I/O at all, and no thread: it answers while hundreds of generations are in flight."""
     return JsonResponse({"status": "ok"})
 
 
 @require_GET
-def readyz(request):
-    """The database answers; 503 otherwise, so a load balancer stops sending traffic here."""
-    if database_ready():
+async def readyz(request):
+    """The database answers and the process is not stopping; 503 otherwise, so a load balancer moves on."""
+    if admission.draining():
+        return JsonResponse({"status": "unavailable", "checks": {"shutdown": "draining"}}, status=503)
+    if await db_step(database_ready):
         return JsonResponse({"status": "ok", "checks": {"database": "ok"}})
     return JsonResponse({"status": "unavailable", "checks": {"database": "unavailable"}}, status=503)

@@ -4,6 +4,9 @@ import logging
 import time
 import uuid
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.middleware.security import SecurityMiddleware
+
 logger = logging.getLogger("gateway.request")
 
 
@@ -16,31 +19,85 @@ def annotate_request_log(request, **fields) -> None:
 class RequestIdMiddleware:
     """Give every request a UUID (the audit row's id for generations), echo it as X-Request-ID and log the request.
 
+    Async-capable, so that the async request path takes no thread hop here. A streamed response is logged when its
+    stream ends, with its real duration (and an error type, if the stream ended with one).
+
     An incoming X-Request-ID is not adopted: it becomes a primary key, so a client could collide on purpose.
     It is logged as `client_request_id` so that a caller's own tracing still lines up.
     """
 
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if self.is_async:
+            return self._acall(request)
+        started = self._start(request)
+        return self._finish(request, self.get_response(request), started)
+
+    async def _acall(self, request):
+        started = self._start(request)
+        return self._finish(request, await self.get_response(request), started)
+
+    @staticmethod
+    def _start(request) -> float:
         started = time.perf_counter()
         request.request_id = uuid.uuid4()
         request.started_at = started
-        response = self.get_response(request)
+        return started
+
+    def _finish(self, request, response, started: float):
         response["X-Request-ID"] = str(request.request_id)
-        extra = {
-            "request_id": str(request.request_id),
-            "method": request.method,
-            # The path only: query strings may carry credentials.
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "client_ip": request.META.get("REMOTE_ADDR"),
-        }
-        client_request_id = request.META.get("HTTP_X_REQUEST_ID")
-        if client_request_id:
-            extra["client_request_id"] = client_request_id[:128]
-        extra.update(getattr(request, "log_context", {}))
-        logger.info("request", extra=extra)
+        if response.streaming and response.is_async:
+            response.streaming_content = self._logged_stream(request, response, started)
+        else:
+            _log(request, response.status_code, started)
         return response
+
+    @staticmethod
+    async def _logged_stream(request, response, started: float):
+        content = response.streaming_content
+        try:
+            async for chunk in content:
+                yield chunk
+        except BaseException:
+            annotate_request_log(request, stream_ended="client_disconnected")
+            raise
+        finally:
+            _log(request, response.status_code, started)
+
+
+def _log(request, status: int, started: float) -> None:
+    extra = {
+        "request_id": str(request.request_id),
+        "method": request.method,
+        # The path only: query strings may carry credentials.
+        "path": request.path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "client_ip": request.META.get("REMOTE_ADDR"),
+    }
+    client_request_id = request.META.get("HTTP_X_REQUEST_ID")
+    if client_request_id:
+        extra["client_request_id"] = client_request_id[:128]
+    extra.update(getattr(request, "log_context", {}))
+    logger.info("request", extra=extra)
+
+
+class SecurityHeadersMiddleware(SecurityMiddleware):
+    """Django's SecurityMiddleware (HTTPS redirect, HSTS, nosniff, Referrer-Policy, COOP) for the async API chain.
+
+    Its hooks do no I/O, so they run inline instead of in a thread hop each.
+    """
+
+    async def __acall__(self, request):
+        response = self.process_request(request)
+        if response is None:
+            response = await self.get_response(request)
+        return self.process_response(request, response)

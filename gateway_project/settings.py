@@ -44,6 +44,11 @@ OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
 GENERATION_DEADLINE = env["GENERATION_DEADLINE"]
 UPSTREAM_MAX_IN_FLIGHT = env["UPSTREAM_MAX_IN_FLIGHT"]
 UPSTREAM_QUEUE_TIMEOUT = env["UPSTREAM_QUEUE_TIMEOUT"]
+GRACEFUL_TIMEOUT = env["GRACEFUL_TIMEOUT"]
+DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
+# Database steps of async views run in a pool of DATABASE_POOL_SIZE threads (gateway_project.db_steps); the test
+# suite runs them in the test's thread instead, where its transaction is.
+DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
@@ -77,6 +82,15 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The API's own chain (gateway_project.asgi): async-capable middleware only, none of which the API needs from the
+# list above (it authenticates by API key, not by session, and sends no cookies).
+API_MIDDLEWARE = [
+    "gateway_project.middleware.RequestIdMiddleware",
+    "gateway_project.middleware.SecurityHeadersMiddleware",
+]
+API_PATH_PREFIXES = ("/api/v1/llm/",)
+API_PATHS = ("/healthz", "/readyz")
+
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"
 ASGI_APPLICATION = "gateway_project.asgi.application"
@@ -109,8 +123,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Reopening a WAL database per request costs ~2.5 ms (open, PRAGMAs, and a checkpoint at close): keep it open.
     DATABASES["default"]["CONN_MAX_AGE"] = None
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # Django's psycopg pool: at most DATABASE_POOL_SIZE connections per process, whatever the number of requests in
+    # flight; a connection goes back to the pool at the end of each database step (and of each sync request).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "pool", {"min_size": 1, "max_size": env["DATABASE_POOL_SIZE"], "timeout": 10})
 # An audit row must survive the error that the view returns: never wrap requests in one transaction.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 

@@ -7,7 +7,7 @@ from diagnostics.views import healthz, readyz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/llm/", include("llm.urls")),
-    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/schema/", SpectacularAPIView.as_view(urlconf="llm.schema_urls"), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/debug/", include("diagnostics.urls")),
     path("healthz", healthz, name="healthz"),

@@ -75,6 +75,24 @@ class UpstreamUnavailable(GatewayError):
     type, status = "upstream_unavailable", 503
 
 
+class UpstreamBusy(GatewayError):
+    """This gateway process already has UPSTREAM_MAX_IN_FLIGHT calls to the provider running, for too long."""
+
+    type, status = "upstream_busy", 503
+
+
+class ShuttingDown(GatewayError):
+    """The gateway process stopped before the generation could finish."""
+
+    type, status = "shutting_down", 503
+
+
+class ClientDisconnected(GatewayError):
+    """The client went away before the answer was complete; nobody reads this error, the audit row keeps it."""
+
+    type, status = "client_disconnected", 499
+
+
 class UpstreamTimeout(GatewayError):
     type, status = "upstream_timeout", 504
 

@@ -281,9 +281,12 @@ class Generation(models.Model):
         self._finish(latency_ms)
 
     def fail(self, *, error_type: str, message: str, http_status: int, latency_ms: float,
-             upstream_ms: float | None = None, raw_output: str = "", attempts: int = 0):
-        """Record a failed attempt with the error the client was answered with."""
+             upstream_ms: float | None = None, raw_output: str = "", attempts: int = 0,
+             prompt_tokens: int | None = None, completion_tokens: int | None = None):
+        """Record a failed attempt with the error the client was answered with (streams: what was counted)."""
         self.status = self.Status.FAILED
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
         self.attempts = attempts
         self.http_status = http_status
         self.error_type = error_type
@@ -296,7 +299,7 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "finished_at")
+                      "first_token_ms", "finished_at")
 
     def _finish(self, latency_ms: float):
         self.latency_ms = latency_ms

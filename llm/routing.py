@@ -10,6 +10,7 @@ same error.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 
@@ -46,38 +47,47 @@ class Route:
         self.attempts = 0  # HTTP calls to the provider, its own retries included
         self._first = 0  # the model asked first: the one that answered last
 
-    def ask(self, provider, request: GenerationRequest) -> ProviderReply:
+    async def ask(self, provider, request: GenerationRequest) -> ProviderReply:
         """A reply from the first model that answers, from the one that answered last on; else the error."""
-        failures: list[GatewayError] = []
-        for index in range(self._first, len(self.models)):
-            try:
-                reply = self._call(provider, replace(request, model=self.models[index]))
-            except FALLBACK_ON as exc:
-                failures.append(exc)
-                continue
-            self._first = index
-            return reply
-        raise _exhausted(failures, self.tried)
+        return await self._first_answer(provider.generate, request)
+
+    async def open_stream(self, provider, request: GenerationRequest):
+        """A stream from the first model whose first piece of text arrives: fallback happens before any is sent."""
+        return await self._first_answer(provider.stream, request)
 
     def reject(self, error: GatewayError) -> None:
         """Record that the last reply could not be used."""
         self.tried[-1]["outcome"] = error.type
 
-    def _call(self, provider, request: GenerationRequest) -> ProviderReply:
+    async def _first_answer(self, call, request: GenerationRequest):
+        failures: list[GatewayError] = []
+        for index in range(self._first, len(self.models)):
+            try:
+                answer = await self._call(call, replace(request, model=self.models[index]))
+            except FALLBACK_ON as exc:
+                failures.append(exc)
+                continue
+            self._first = index
+            return answer
+        raise _exhausted(failures, self.tried)
+
+    async def _call(self, call, request: GenerationRequest):
         entry = {"model": request.model, "outcome": "pending"}
         self.tried.append(entry)
         started = time.perf_counter()
         try:
-            reply = provider.generate(request)
-        except Exception as exc:
-            entry["outcome"] = getattr(exc, "type", "internal_error")
+            answer = await call(request)
+        except BaseException as exc:
+            # A cancelled call (the client went away) is on record as such, not as pending.
+            entry["outcome"] = getattr(exc, "type", "cancelled" if isinstance(exc, asyncio.CancelledError)
+                                       else "internal_error")
             self.attempts += getattr(exc, "attempts", None) or 1
             raise
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         entry["outcome"] = "succeeded"
-        self.attempts += reply.attempts
-        return reply
+        self.attempts += answer.attempts
+        return answer
 
 
 def _exhausted(failures: list[GatewayError], tried: list[dict]) -> GatewayError:

@@ -1,9 +1,12 @@
 """The OpenAPI description of the LLM API (drf-spectacular): authentication, the error shape, which paths."""
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework.views import APIView
 
-from llm.serializers import ErrorSerializer
+from llm.authentication import ApiKeyAuthentication
+from llm.serializers import ErrorSerializer, GenerateRequestSerializer, GenerationSerializer
 
 BEARER = "ApiKeyBearer"
 HEADER = "ApiKeyHeader"
@@ -68,3 +71,33 @@ def closed_request_objects(result, generator, request, public):
         if name in schemas:
             schemas[name]["additionalProperties"] = False
     return result
+
+
+class GenerateOperation(APIView):
+    """The OpenAPI description of POST /api/v1/llm/generate.
+
+    An async Django view serves the endpoint (DRF's views cannot be async), and drf-spectacular only describes DRF
+    views: it reads this class through llm.schema_urls. No request ever reaches it.
+    """
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = []
+
+    @extend_schema(
+        operation_id="generate",
+        tags=["generation"],
+        summary="Generate with a local LLM",
+        description="Builds a prompt from role, task and payload, asks the model (Ollama, or the mock) and returns "
+                    "its output: a JSON object in json mode, a string in text mode. Every attempt, refused ones "
+                    "included, leaves one audit row whose id is the X-Request-ID response header. "
+                    "With `\"stream\": true` the answer is `application/x-ndjson`: one "
+                    '`{"id", "delta", "done": false}` line per piece of text, then one line with `"done": true` '
+                    "and either the fields of the JSON answer (plus `first_token_ms`) or an `error` object. "
+                    "`Server-Timing` says how long the provider took (`upstream`) and the gateway (`gateway`).",
+        request={"application/json": GenerateRequestSerializer},
+        responses={(200, "application/json"): GenerationSerializer,
+                   (200, "application/x-ndjson"): OpenApiTypes.STR,
+                   **ERROR_RESPONSES},
+    )
+    def post(self, request):
+        raise NotImplementedError("served by llm.views.generate")

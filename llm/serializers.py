@@ -128,6 +128,9 @@ class GenerateRequestSerializer(serializers.Serializer):
     )
     options = OllamaOptionsSerializer(required=False,
                                       help_text="Passed on to Ollama as its options, over the template's defaults.")
+    stream = StrictBooleanField(required=False, default=False,
+                                help_text="Answer as NDJSON: one line per piece of text as the model produces it, "
+                                          "then a last line with the outcome.")
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))

@@ -1,19 +1,28 @@
-"""The generation use case: validate, write the audit row, call the provider, record the outcome."""
+"""The generation use case: validate, write the audit row, call the provider, record the outcome.
+
+Async, with the database work in two steps run off the event loop (gateway_project.db_steps): `_begin` (key,
+rate limit, validation, template, the pending row) before the provider is called and `_finish` (the outcome)
+after. No database connection is held while the provider is waited for.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
 from uuid import UUID
 
 from django.conf import settings
 from django.db import DatabaseError
 
+from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import api_keys, rate_limits
-from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, NotAuthenticated,
-                        PayloadTooLarge, UnsupportedMediaType)
+from llm import admission, api_keys, rate_limits
+from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
+                        NotAuthenticated, PayloadTooLarge, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.models import ApiKey, Generation, PromptTemplateVersion
 from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
@@ -27,79 +36,329 @@ logger = logging.getLogger("llm.services")
 MAX_DEPTH = 32
 
 
-def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-             api_key: ApiKey | None, refusal: NotAuthenticated | None = None, client_ip: str | None = None,
-             user_agent: str = "") -> Generation:
-    """Answer one generation request; return the completed audit row or raise the GatewayError answered.
+@dataclass
+class Caller:
+    """Who asks: the key presented (or why what was presented is no key) and where the request came from.
 
-    `api_key` is the caller's verified key; `refusal` why the key presented was refused. Whatever happens, the
-    attempt leaves exactly one Generation row. If that row cannot be written, nothing is generated and
-    AuditUnavailable is raised.
+    `api_key` is filled in once the key is verified, so that the front door can name the consumer.
     """
-    row = Generation(id=request_id, request_bytes=body_size, client_ip=client_ip or None,
-                     user_agent=(user_agent or "")[:512])
-    known_key = api_key or getattr(refusal, "api_key", None)
-    if known_key is not None:
-        row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
-    try:
-        _admit(api_key, refusal)
-        # Secrets are masked first: neither the audit log nor the model ever sees them.
-        data = mask_secrets(_parse(body, body_size, content_type), settings.REDACT_KEYS)
-        row.request = _storable(data)
-        _describe(row, data)
-        request, models = _validate(data, row)
-    except GatewayError as exc:
-        _record_failure(row, exc, started)
-        raise
-    except DatabaseError as exc:
-        # Reading the prompt template is the first database query of a generation.
-        logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
-                                                                          "error": str(exc)})
-        refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
-                                   "Try again later.")
-        # If the database is down altogether, this raises AuditUnavailable itself: the row cannot be written either.
-        _record_failure(row, refused, started)
-        raise refused from None
 
-    provider = get_provider()
-    row.provider = provider.name
-    row.prompt = request.messages
-    row.model = request.model[: Generation.SHORT]
-    try:
-        row.save(force_insert=True)
-    except DatabaseError as exc:
-        logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
-                                                                          "error": str(exc)})
-        raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
+    presented_key: str | None
+    refusal: NotAuthenticated | None = None
+    client_ip: str | None = None
+    user_agent: str = ""
+    api_key: ApiKey | None = None
 
+
+@dataclass
+class Timing:
+    """Where a request's time went so far: for Server-Timing and the audit row."""
+
+    started: float
+    upstream_ms: float = 0.0
+
+    def total_ms(self) -> float:
+        return _elapsed_ms(self.started)
+
+
+@dataclass
+class Delta:
+    """A piece of the reply's text, as the provider produced it."""
+
+    text: str
+
+
+@dataclass
+class Outcome:
+    """The end of a stream: the completed audit row, and the error the stream ended with, if any."""
+
+    row: Generation
+    error: GatewayError | None = None
+
+
+@dataclass
+class Streaming:
+    """A streamed generation whose first piece of text has arrived. Iterate `events()` to the end, always."""
+
+    row: Generation
+    timing: Timing
+    _events: AsyncIterator = field(repr=False)
+
+    def events(self) -> AsyncIterator[Delta | Outcome]:
+        return self._events
+
+
+async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
+                   caller: Caller) -> tuple[Generation, Timing] | Streaming:
+    """Answer one generation request: the completed audit row, or a Streaming; else raise the GatewayError answered.
+
+    Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
+    If that row cannot be written, nothing is generated and AuditUnavailable is raised.
+    """
+    timing = Timing(started)
+    row, request, models, streamed = await db_step(
+        _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type, started=started,
+        caller=caller)
+    task = asyncio.current_task()
+    admission.register(task)
     route = Route(models)
-    reply = None
+    provider = get_provider()
+    handed_over = False
     try:
-        reply = route.ask(provider, request)
         try:
-            output = _read_output(route, reply, request)
-        except InvalidOutput:
-            # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
-            # complies when asked again; once is enough. The model that answered is the one asked again.
-            logger.info("json-mode reply unusable; asking once more", extra={"request_id": str(request_id)})
-            reply = route.ask(provider, request)
-            output = _read_output(route, reply, request)
-    except GatewayError as exc:
+            async with Deadline(started):
+                if streamed:
+                    slot = admission.upstream_slot()
+                    await slot.__aenter__()
+                    try:
+                        stream = await route.open_stream(provider, request)
+                    except BaseException:
+                        await slot.__aexit__(None, None, None)
+                        raise
+                    timing.upstream_ms = route.upstream_ms
+                    events = _stream_events(row, route, request, stream, slot, timing)
+                    await anext(events)  # started: from here on its cleanup runs however it is left
+                    handed_over = True
+                    return Streaming(row, timing, events)
+                async with admission.upstream_slot():
+                    reply, output = await _ask(route, provider, request)
+        except asyncio.CancelledError:
+            failure = _cancelled(task)
+            await _finish_failure(row, route, failure, started)
+            if isinstance(failure, ClientDisconnected):
+                raise
+            raise failure from None
+        except GatewayError as exc:
+            await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
+            raise
+        except Exception as exc:
+            logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
+            failure = GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}")
+            await _finish_failure(row, route, failure, started)
+            raise failure from None
+        timing.upstream_ms = route.upstream_ms
         row.models_tried = route.tried
-        _record_failure(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
-                        raw_output=reply.content if reply else "", attempts=route.attempts)
-        raise
-    except Exception as exc:
-        logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
+        await _finish(row, row.succeed, output=_storable(output), model=reply.model,
+                      prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                      upstream_ms=_rounded(route.upstream_ms), latency_ms=_elapsed_ms(started),
+                      attempts=route.attempts)
+        return row, timing
+    finally:
+        admission.unregister(task)
+        if not handed_over:
+            _release_consumer(row)
+
+
+async def _ask(route: Route, provider, request: GenerationRequest):
+    reply = await route.ask(provider, request)
+    try:
+        return reply, _read_output(route, reply, request)
+    except InvalidOutput:
+        # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
+        # complies when asked again; once is enough. The model that answered is the one asked again.
+        logger.info("json-mode reply unusable; asking once more", extra={"model": reply.model})
+        reply = await route.ask(provider, request)
+        try:
+            return reply, _read_output(route, reply, request)
+        except InvalidOutput as exc:
+            exc.raw_output = reply.content
+            raise
+
+
+async def _stream_events(row: Generation, route: Route, request: GenerationRequest, stream, slot, timing: Timing):
+    """Deltas as they arrive, then the Outcome; the row is completed however the stream ends.
+
+    Yields None once first, when generate() starts it: a started async generator is closed (and its cleanup run)
+    even if the response never iterates it, e.g. when the client leaves before the first byte.
+    """
+    started = timing.started
+    task = asyncio.current_task()
+    text: list[str] = []
+    error: GatewayError | None = None
+    leaving: BaseException | None = None  # the client went away: re-raised once the row is complete
+    try:
+        try:
+            yield None
+            # The task that drives the response: the one to end when the worker stops.
+            task = asyncio.current_task()
+            admission.register(task)
+            if stream.first:
+                text.append(stream.first)
+                row.first_token_ms = _elapsed_ms(started)
+                yield Delta(stream.first)
+            async for piece in _pieces(stream, timing):
+                if row.first_token_ms is None:
+                    row.first_token_ms = _elapsed_ms(started)
+                text.append(piece)
+                yield Delta(piece)
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError as exc:
+            error = _cancelled(task)
+            if isinstance(error, ClientDisconnected):
+                leaving = exc
+        except GeneratorExit as exc:
+            error, leaving = ClientDisconnected("The client closed the stream before it ended."), exc
+        except Exception as exc:
+            logger.exception("stream failed unexpectedly", extra={"request_id": str(row.id)})
+            error = GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}")
+        reply = stream.reply
+        output = None
+        if error is None:
+            try:
+                output = _read_output(route, reply, request)
+            except InvalidOutput as exc:
+                error = exc
         row.models_tried = route.tried
-        _record_failure(row, GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}"), started,
-                        attempts=route.attempts)
-        raise
+        if error is None:
+            await _finish(row, row.succeed, output=_storable(output), model=reply.model,
+                          prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                          upstream_ms=_rounded(timing.upstream_ms), latency_ms=_elapsed_ms(started),
+                          attempts=route.attempts)
+        else:
+            # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
+            await _finish(row, row.fail, error_type=error.type, message=error.message,
+                          http_status=error.status if leaving else 200, latency_ms=_elapsed_ms(started),
+                          upstream_ms=_rounded(timing.upstream_ms), raw_output=_storable("".join(text)),
+                          attempts=route.attempts, prompt_tokens=reply.prompt_tokens if reply else None,
+                          # Without Ollama's final chunk, the pieces received are the best count there is.
+                          completion_tokens=reply.completion_tokens if reply else stream.pieces_received)
+    finally:
+        await asyncio.shield(stream.aclose())
+        await slot.__aexit__(None, None, None)
+        admission.unregister(task)
+        _release_consumer(row)
+    if leaving is not None:
+        raise leaving
+    yield Outcome(row, error)
+
+
+async def _pieces(stream, timing: Timing):
+    """The stream's pieces after the first, the wait for each counted as upstream time and bound by the deadline."""
+    pieces = aiter(stream)
+    while True:
+        waited = time.perf_counter()
+        try:
+            async with Deadline(timing.started):
+                piece = await anext(pieces)
+        except StopAsyncIteration:
+            return
+        finally:
+            timing.upstream_ms += (time.perf_counter() - waited) * 1000
+        yield piece
+
+
+def _cancelled(task: asyncio.Task | None) -> GatewayError:
+    """Why a generation was cancelled: its client went away, or the worker is ending it (then it carries on)."""
+    if admission.ending():
+        if task is not None and task.cancelling():
+            task.uncancel()  # answered and recorded like any other failure
+        return ShuttingDown("The gateway process stopped before the generation finished, so it was ended. "
+                            "Try again: another process answers.")
+    return ClientDisconnected("The client closed the connection before the answer was complete.")
+
+
+class Deadline:
+    """The generation's whole allowance, GENERATION_DEADLINE from the request's arrival: then UpstreamTimeout."""
+
+    def __init__(self, started: float):
+        remaining = settings.GENERATION_DEADLINE - (time.perf_counter() - started)
+        self._timeout = asyncio.timeout(max(remaining, 0))
+
+    async def __aenter__(self):
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        try:
+            return await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if not self._timeout.expired():
+                raise
+            raise UpstreamTimeout(
+                f"The generation did not finish within {settings.GENERATION_DEADLINE:g}s (GENERATION_DEADLINE), "
+                "retries and fallbacks included."
+            ) from None
+
+
+def _release_consumer(row: Generation) -> None:
+    if row.consumer_id is not None:
+        admission.release_consumer_slot(row.consumer_id)
+
+
+async def _finish_failure(row: Generation, route: Route, exc: GatewayError, started: float, *,
+                          raw_output: str = "") -> None:
     row.models_tried = route.tried
-    _complete(row, row.succeed, output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
-              completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
-              latency_ms=_elapsed_ms(started), attempts=route.attempts)
-    return row
+    await _finish(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+                  latency_ms=_elapsed_ms(started),
+                  upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
+                  raw_output=_storable(raw_output), attempts=route.attempts)
+
+
+async def _finish(row: Generation, transition, **fields) -> None:
+    """Complete the row in a database step that runs to the end even if the request is cancelled meanwhile."""
+    await asyncio.shield(db_step(_complete, row, transition, **fields))
+
+
+def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float, caller: Caller):
+    """The database step before the provider is called: admit, validate, and write the pending row.
+
+    Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
+    """
+    row = Generation(id=request_id, request_bytes=body_size, client_ip=caller.client_ip or None,
+                     user_agent=(caller.user_agent or "")[:512])
+    slot_taken = False
+    try:
+        try:
+            _authenticate(caller)
+            known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
+            if known_key is not None:
+                row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
+            _admit(caller.api_key, caller.refusal)
+            # Secrets are masked first: neither the audit log nor the model ever sees them.
+            data = mask_secrets(_parse(body, body_size, content_type), settings.REDACT_KEYS)
+            row.request = _storable(data)
+            _describe(row, data)
+            request, models, streamed = _validate(data, row)
+            admission.take_consumer_slot(caller.api_key.consumer)
+            slot_taken = True
+        except GatewayError as exc:
+            _record_failure(row, exc, started)
+            raise
+        except DatabaseError as exc:
+            # Reading the prompt template is the first database query of a generation.
+            logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
+                                                                              "error": str(exc)})
+            refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
+                                       "Try again later.")
+            # If the database is down altogether, this raises AuditUnavailable itself: the row cannot be written.
+            _record_failure(row, refused, started)
+            raise refused from None
+
+        row.provider = get_provider().name
+        row.prompt = request.messages
+        row.model = request.model[: Generation.SHORT]
+        row.stream = streamed
+        try:
+            row.save(force_insert=True)
+        except DatabaseError as exc:
+            logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
+                                                                              "error": str(exc)})
+            raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
+    except BaseException:
+        if slot_taken:
+            admission.release_consumer_slot(row.consumer_id)
+        raise
+    return row, request, models, streamed
+
+
+def _authenticate(caller: Caller) -> None:
+    """Verify the key presented: caller.api_key, or caller.refusal saying why not (AuditUnavailable if unreadable)."""
+    if caller.refusal is None and caller.presented_key is not None:
+        try:
+            caller.api_key = api_keys.verify(caller.presented_key)
+        except api_keys.KeyRefused as refusal:
+            caller.refusal = refusal
 
 
 def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
@@ -171,8 +430,8 @@ def _describe(row: Generation, data) -> None:
             setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
 
 
-def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str]]:
-    """The request to send and the models to try; the template version used is recorded on the row."""
+def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str], bool]:
+    """The request to send, the models to try and whether to stream; the template version is recorded on the row."""
     serializer = GenerateRequestSerializer(data=data)
     if not serializer.is_valid():
         raise InvalidRequest("The request is invalid; see details.", details=serializer.errors)
@@ -196,7 +455,7 @@ def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str]]:
         options={**version.options, **(fields.get("options") or {})},
         messages=_render(version, fields["payload"], mode),
         output_schema=version.output_schema if mode == "json" else None,
-    ), models
+    ), models, fields["stream"]
 
 
 def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[dict]:
@@ -267,6 +526,7 @@ def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstr
 
 
 def _complete(row: Generation, transition, **fields) -> None:
+    """Complete the row (inserting it if it is not written yet); see _finish for the async path."""
     inserting = row._state.adding
     try:
         transition(**fields)

@@ -1,9 +1,9 @@
 from django.urls import path
 
-from llm.views import GenerateView, TemplateListView
+from llm.views import TemplateListView, generate
 
 app_name = "llm"
 urlpatterns = [
-    path("generate", GenerateView.as_view(), name="generate"),
+    path("generate", generate, name="generate"),
     path("templates", TemplateListView.as_view(), name="templates"),
 ]

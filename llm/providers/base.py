@@ -1,10 +1,15 @@
 """What every provider takes and returns."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """The neutral request a provider answers: chat messages for one model, with options and an output format."""
+
     role: str
     task: str
     payload: dict
@@ -17,7 +22,10 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ProviderReply:
-    """The model's reply text, the model that produced it, token counts and time spent upstream."""
+    """The model's reply text, the model that produced it, token counts and time spent upstream.
+
+    A count the provider did not report is None (Ollama omits prompt_eval_count for a cached prompt), never 0.
+    """
 
     content: str
     model: str
@@ -25,3 +33,21 @@ class ProviderReply:
     completion_tokens: int | None
     upstream_ms: float
     attempts: int = 1  # calls made upstream for this reply, retries included
+
+
+class ReplyStream(Protocol):
+    """A reply being streamed: opened once the first piece of text has arrived (so that errors before it are normal
+    errors, retried and fallen back from like any other), then read piece by piece.
+
+    `first` is the text that arrived first; iterating yields the pieces after it. Once iteration ends, `reply` is the
+    whole reply with the counts the provider reported. A failure mid-stream raises a GatewayError from the iteration.
+    """
+
+    first: str
+    attempts: int
+    reply: ProviderReply | None
+    pieces_received: int
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...

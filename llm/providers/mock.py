@@ -1,10 +1,16 @@
 """A deterministic provider that needs no model: same request, same reply."""
 
+from __future__ import annotations
+
+import asyncio
 import hashlib
 import json
 import time
 
 from .base import GenerationRequest, ProviderReply
+
+# The mock streams its reply in this many pieces, spread over its delay.
+STREAM_PIECES = 4
 
 
 class MockProvider:
@@ -13,31 +19,77 @@ class MockProvider:
     def __init__(self, *, delay: float):
         self.delay = delay
 
-    def generate(self, request: GenerationRequest) -> ProviderReply:
+    async def generate(self, request: GenerationRequest) -> ProviderReply:
         started = time.perf_counter()
         if self.delay:
-            time.sleep(self.delay)
-        digest = hashlib.sha256(
-            json.dumps([request.role, request.task, request.payload, request.model], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        if request.mode == "json" and request.output_schema:
-            content = json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
-        elif request.mode == "json":
-            content = json.dumps(
-                {"role": request.role, "task": request.task, "payload": request.payload,
-                 "model": request.model, "digest": digest, "mock": True},
-                ensure_ascii=False,
-            )
-        else:
-            content = f"[mock {digest}] {request.role} would now {request.task} for {json.dumps(request.payload)}"
-        prompt_words = sum(len(m["content"].split()) for m in request.messages)
-        return ProviderReply(
-            content=content,
-            model=request.model,
-            prompt_tokens=prompt_words,
-            completion_tokens=len(content.split()),
-            upstream_ms=round((time.perf_counter() - started) * 1000, 2),
+            await asyncio.sleep(self.delay)
+        return _reply(request, mock_content(request), started)
+
+    async def stream(self, request: GenerationRequest) -> MockStream:
+        stream = MockStream(request, self.delay)
+        await stream.open()
+        return stream
+
+
+class MockStream:
+    """The mock's reply in a few pieces, the delay spread between them; the first one before open() returns."""
+
+    attempts = 1
+
+    def __init__(self, request: GenerationRequest, delay: float):
+        self.request = request
+        self.started = time.perf_counter()
+        content = mock_content(request)
+        size = max(1, -(-len(content) // STREAM_PIECES))
+        self._pieces = [content[i:i + size] for i in range(0, len(content), size)] or [""]
+        self._pause = delay / len(self._pieces)
+        self.first = ""
+        self.reply: ProviderReply | None = None
+        self.pieces_received = 0
+
+    async def open(self) -> None:
+        if self._pause:
+            await asyncio.sleep(self._pause)
+        self.first = self._pieces[0]
+        self.pieces_received = 1
+
+    async def __aiter__(self):
+        for piece in self._pieces[1:]:
+            if self._pause:
+                await asyncio.sleep(self._pause)
+            self.pieces_received += 1
+            yield piece
+        self.reply = _reply(self.request, "".join(self._pieces), self.started)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def mock_content(request: GenerationRequest) -> str:
+    """The mock's reply text for a request: deterministic, schema-valid in json mode."""
+    digest = hashlib.sha256(
+        json.dumps([request.role, request.task, request.payload, request.model], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    if request.mode == "json" and request.output_schema:
+        return json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
+    if request.mode == "json":
+        return json.dumps(
+            {"role": request.role, "task": request.task, "payload": request.payload,
+             "model": request.model, "digest": digest, "mock": True},
+            ensure_ascii=False,
         )
+    return f"[mock {digest}] {request.role} would now {request.task} for {json.dumps(request.payload)}"
+
+
+def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
+    prompt_words = sum(len(m["content"].split()) for m in request.messages)
+    return ProviderReply(
+        content=content,
+        model=request.model,
+        prompt_tokens=prompt_words,
+        completion_tokens=len(content.split()),
+        upstream_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
 
 
 def schema_instance(schema: dict, label: str, name: str = ""):

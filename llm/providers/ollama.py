@@ -1,8 +1,12 @@
 """Ollama over HTTP (POST /api/chat): the wire protocol and the mapping of its failures to gateway errors."""
 
+from __future__ import annotations
+
+import asyncio
 import json
 import random
 import time
+import weakref
 
 import httpx
 
@@ -28,87 +32,110 @@ class OllamaProvider:
     name = "ollama"
 
     def __init__(self, *, base_url: str, timeout: float, connect_timeout: float, max_retries: int = 0,
-                 retry_backoff: float = 0.5):
+                 retry_backoff: float = 0.5, max_connections: int | None = None):
         self.base_url = base_url.rstrip("/")
         self.shown_url = mask_url(self.base_url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        # One pooled client per process: a client per request would pay a new TCP (and TLS) handshake each time.
-        # trust_env=False: an HTTP_PROXY meant for the internet must not silently reroute calls to a LAN Ollama.
-        self.client = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30),
-            trust_env=False,
-            headers={"User-Agent": "llm-gateway"},
-        )
+        self.max_connections = max_connections
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def generate(self, request: GenerationRequest) -> ProviderReply:
-        body = {"model": request.model, "messages": request.messages, "stream": False}
-        if request.mode == "json":
-            # A schema makes Ollama constrain the reply to it (structured outputs); "json" just to JSON.
-            body["format"] = request.output_schema or "json"
-        if request.options:
-            body["options"] = request.options
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running event loop: one per worker process in production.
+
+        A client per request would pay a new TCP (and TLS) handshake each time; its connections belong to the loop
+        that opened them, so a second loop (a test's) gets a client of its own.
+        """
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=self.connect_timeout),
+                # The gateway's own cap (UPSTREAM_MAX_IN_FLIGHT) decides how many calls run at once, not the pool.
+                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=100,
+                                    keepalive_expiry=30),
+                # trust_env=False: an HTTP_PROXY meant for the internet must not silently reroute calls to a LAN Ollama.
+                trust_env=False,
+                headers={"User-Agent": "llm-gateway"},
+            )
+        return client
+
+    async def generate(self, request: GenerationRequest) -> ProviderReply:
         started = time.perf_counter()
-        response, attempts = self._post("/api/chat", body)
-        upstream_ms = round((time.perf_counter() - started) * 1000, 2)
+        response, attempts = await self._send(_chat_body(request, stream=False), stream=False)
         try:
             reply = self._parse(response, request.model)
         except GatewayError as exc:
-            exc.attempts = attempts
-            if attempts > 1:
-                exc.message += f" ({attempts} attempts)"
-            raise
+            raise _with_attempts(exc, attempts)
         return ProviderReply(
             content=reply["message"]["content"],
             model=reply.get("model") or request.model,
             prompt_tokens=reply.get("prompt_eval_count"),
             completion_tokens=reply.get("eval_count"),
-            upstream_ms=upstream_ms,
+            upstream_ms=round((time.perf_counter() - started) * 1000, 2),
             attempts=attempts,
         )
 
-    def _post(self, path: str, body: dict) -> tuple[httpx.Response, int]:
-        """POST, trying again (at most max_retries times) after failures that may pass; the response and tries."""
+    async def stream(self, request: GenerationRequest) -> OllamaStream:
+        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+        started = time.perf_counter()
+        response, attempts = await self._send(_chat_body(request, stream=True), stream=True)
+        stream = OllamaStream(self, response, request.model, started, attempts)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                self._parse(response, request.model)  # raises the error Ollama's answer stands for
+            await stream.open()
+        except GatewayError as exc:
+            await stream.aclose()
+            raise _with_attempts(exc, attempts)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int]:
+        """POST /api/chat, trying again (at most max_retries times) after failures that may pass."""
         attempt = 0
         while True:
             attempt += 1
             retries_left = attempt <= self.max_retries
             try:
-                response = self.client.post(path, json=body)
+                response = await self.client.send(self.client.build_request("POST", "/api/chat", json=body),
+                                                  stream=stream)
             except httpx.TransportError as exc:
                 if retries_left and isinstance(exc, RETRIED_TRANSPORT_ERRORS):
-                    self._pause(attempt)
+                    await self._pause(attempt)
                     continue
-                error = self._transport_error(exc)
-                error.attempts = attempt
-                if attempt > 1:
-                    error.message += f" ({attempt} attempts)"
-                raise error from None
+                raise _with_attempts(self.transport_error(exc), attempt) from None
             busy = response.status_code == TOO_MANY_REQUESTS or response.status_code >= RETRIED_STATUS_MIN
             if retries_left and busy:
-                self._pause(attempt, retry_after=response.headers.get("Retry-After"))
+                await response.aclose()
+                await self._pause(attempt, retry_after=response.headers.get("Retry-After"))
                 continue
             return response, attempt
 
-    def _pause(self, attempt: int, *, retry_after: str | None = None) -> None:
-        """Exponential backoff with jitter, so that gateway threads retrying together do not arrive together."""
+    async def _pause(self, attempt: int, *, retry_after: str | None = None) -> None:
+        """Exponential backoff with jitter, so that requests retrying together do not arrive together."""
         delay = min(MAX_BACKOFF_SECONDS, self.retry_backoff * 2 ** (attempt - 1))
         delay = random.uniform(delay / 2, delay)
         if retry_after and retry_after.strip().isdigit():
             delay = max(delay, min(MAX_BACKOFF_SECONDS, float(retry_after)))
-        time.sleep(delay)
+        await asyncio.sleep(delay)
 
-    def _transport_error(self, exc: httpx.TransportError) -> GatewayError:
+    def transport_error(self, exc: httpx.TransportError, *, mid_stream: bool = False) -> GatewayError:
         where = f"Ollama at {self.shown_url}"
         if isinstance(exc, httpx.ConnectTimeout):
             return UpstreamUnavailable(f"No connection to {where} within {self.connect_timeout:g}s.")
         if isinstance(exc, httpx.ConnectError):
             return UpstreamUnavailable(f"Cannot connect to {where}: {_reason(exc)}.")
         if isinstance(exc, httpx.TimeoutException):
+            if mid_stream:
+                return UpstreamTimeout(f"{where} sent nothing for {self.timeout:g}s mid-stream (OLLAMA_TIMEOUT).")
             return UpstreamTimeout(f"{where} did not reply within {self.timeout:g}s (OLLAMA_TIMEOUT).")
         return UpstreamError(f"The connection to {where} broke off mid-reply: {_reason(exc)}.")
 
@@ -137,6 +164,102 @@ class OllamaProvider:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise UpstreamError(f"{where} sent a reply that is not Ollama's chat JSON: {_excerpt(response.text)}")
         return data
+
+
+class OllamaStream:
+    """Ollama's NDJSON chat stream: one {"message": {"content": ...}, "done": false} line a piece, then the counts."""
+
+    def __init__(self, provider: OllamaProvider, response: httpx.Response, model: str, started: float,
+                 attempts: int):
+        self.provider = provider
+        self.response = response
+        self.model = model
+        self.started = started
+        self.attempts = attempts
+        self.first = ""
+        self.reply: ProviderReply | None = None
+        self.pieces_received = 0
+        self._lines = response.aiter_lines()
+        self._text: list[str] = []
+        self._done = False
+
+    async def open(self) -> None:
+        """Read up to the first piece of text (or the end of an empty reply)."""
+        while not self._done:
+            piece = await self._next_piece(before_first=True)
+            if piece:
+                self.first = piece
+                return
+
+    async def __aiter__(self):
+        while not self._done:
+            piece = await self._next_piece(before_first=False)
+            if piece:
+                yield piece
+
+    async def aclose(self) -> None:
+        """Close the upstream response: when the client went away, Ollama sees the request cancelled."""
+        await self.response.aclose()
+
+    async def _next_piece(self, *, before_first: bool) -> str:
+        where = f"Ollama at {self.provider.shown_url}"
+        try:
+            line = await anext(self._lines)
+        except StopAsyncIteration:
+            self._done = True
+            raise UpstreamError(f"The stream from {where} ended before its final chunk.") from None
+        except httpx.TransportError as exc:
+            self._done = True
+            raise self.provider.transport_error(exc, mid_stream=not before_first) from None
+        if not line.strip():
+            return ""
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            self._done = True
+            raise UpstreamError(f"{where} sent a stream line that is not Ollama's chat JSON: {_excerpt(line)}")
+        if "error" in chunk:
+            self._done = True
+            error = chunk["error"] if isinstance(chunk["error"], str) else json.dumps(chunk["error"])
+            if before_first:
+                raise ModelFailed(f"{where} could not run model {self.model!r}: {error}")
+            raise UpstreamError(f"{where} reported an error mid-stream: {error}")
+        message = chunk.get("message")
+        piece = message.get("content") if isinstance(message, dict) else None
+        piece = piece if isinstance(piece, str) else ""
+        if piece:
+            self.pieces_received += 1
+            self._text.append(piece)
+        if chunk.get("done"):
+            self._done = True
+            self.reply = ProviderReply(
+                content="".join(self._text),
+                model=chunk.get("model") or self.model,
+                prompt_tokens=chunk.get("prompt_eval_count"),
+                completion_tokens=chunk.get("eval_count"),
+                upstream_ms=round((time.perf_counter() - self.started) * 1000, 2),
+                attempts=self.attempts,
+            )
+        return piece
+
+
+def _chat_body(request: GenerationRequest, *, stream: bool) -> dict:
+    body = {"model": request.model, "messages": request.messages, "stream": stream}
+    if request.mode == "json":
+        # A schema makes Ollama constrain the reply to it (structured outputs); "json" just to JSON.
+        body["format"] = request.output_schema or "json"
+    if request.options:
+        body["options"] = request.options
+    return body
+
+
+def _with_attempts(error: GatewayError, attempts: int) -> GatewayError:
+    error.attempts = attempts
+    if attempts > 1 and "attempts)" not in error.message:
+        error.message += f" ({attempts} attempts)"
+    return error
 
 
 def _reason(exc: Exception) -> str:

@@ -1,5 +1,6 @@
 """Upstream faults: bounded retries with backoff for connection errors, 429 and 5xx; never for other 4xx."""
 
+import asyncio
 import json
 import socket
 import time
@@ -158,13 +159,15 @@ def test_the_connect_timeout_is_separate_and_short(generate, valid_request, sett
 def test_backoff_grows_exponentially_with_jitter():
     provider = OllamaProvider(base_url="http://127.0.0.1:9", timeout=1, connect_timeout=1, retry_backoff=0.02)
 
-    def pause(attempt):
+    async def pause(attempt):
         started = time.perf_counter()
-        provider._pause(attempt)
+        await provider._pause(attempt)
         return time.perf_counter() - started
 
-    first = [pause(1) for _ in range(6)]
-    second = [pause(2) for _ in range(3)]
+    async def pauses():
+        return [await pause(1) for _ in range(6)], [await pause(2) for _ in range(3)]
+
+    first, second = asyncio.run(pauses())
 
     assert all(0.01 <= p < 0.02 + 0.015 for p in first)  # base/2 .. base (plus scheduling slack)
     assert all(0.02 <= p < 0.04 + 0.015 for p in second)  # doubled

@@ -1,0 +1,143 @@
+"""Who may call the provider now, per gateway process: the cap on upstream calls, each consumer's cap on
+generations in flight, and the end of a worker's life (draining on SIGTERM).
+
+All counts are per process: N gateway processes admit up to N times as many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from contextlib import asynccontextmanager
+
+from django.conf import settings
+
+from llm.errors import RateLimited, UpstreamBusy
+
+logger = logging.getLogger("llm.admission")
+
+_upstream: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> asyncio.Semaphore
+
+
+@asynccontextmanager
+async def upstream_slot():
+    """Hold one of the UPSTREAM_MAX_IN_FLIGHT slots; UpstreamBusy after UPSTREAM_QUEUE_TIMEOUT without one."""
+    limit = settings.UPSTREAM_MAX_IN_FLIGHT
+    if not limit:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    semaphore = _upstream.get(loop)
+    if semaphore is None or semaphore.limit != limit:
+        semaphore = _upstream[loop] = _Semaphore(limit)
+    waited = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.UPSTREAM_QUEUE_TIMEOUT):
+            await semaphore.acquire()
+    except TimeoutError:
+        raise UpstreamBusy(
+            f"This gateway process already has {limit} calls to the model running (UPSTREAM_MAX_IN_FLIGHT) and "
+            f"none finished within {settings.UPSTREAM_QUEUE_TIMEOUT:g}s (UPSTREAM_QUEUE_TIMEOUT). Try again later."
+        ) from None
+    if time.perf_counter() - waited > 0.001:
+        logger.debug("waited for an upstream slot", extra={"waited_ms": round((time.perf_counter() - waited) * 1000)})
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
+class _Semaphore(asyncio.Semaphore):
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
+
+
+_consumer_lock = threading.Lock()
+_consumer_in_flight: dict[int, int] = {}
+
+
+def take_consumer_slot(consumer) -> None:
+    """Count one generation in flight for the consumer; RateLimited (429) when it already has its cap running.
+
+    Called from a database step's thread; release_consumer_slot() gives the slot back.
+    """
+    cap = consumer.max_concurrent
+    with _consumer_lock:
+        running = _consumer_in_flight.get(consumer.pk, 0)
+        if cap is not None and running >= cap:
+            raise RateLimited(
+                f"Consumer {consumer.name!r} already has {running} generations in flight, its cap "
+                f"(max_concurrent={cap}) on this gateway process. Retry when one has finished.",
+                retry_after=1,
+            )
+        _consumer_in_flight[consumer.pk] = running + 1
+
+
+def release_consumer_slot(consumer_id: int) -> None:
+    with _consumer_lock:
+        running = _consumer_in_flight.get(consumer_id, 0) - 1
+        if running > 0:
+            _consumer_in_flight[consumer_id] = running
+        else:
+            _consumer_in_flight.pop(consumer_id, None)
+
+
+# The worker's end of life: the tasks that run a generation, so that those still running when the grace period
+# is over can be ended with an error and a completed audit row instead of being killed mid-way.
+_generations: set[asyncio.Task] = set()
+_draining = threading.Event()
+_ending = threading.Event()
+
+
+def draining() -> bool:
+    """True once this process has been told to stop: /readyz answers 503 so the load balancer moves on."""
+    return _draining.is_set()
+
+
+def ending() -> bool:
+    """True once the grace period is over and the remaining generations are being ended."""
+    return _ending.is_set()
+
+
+def register(task: asyncio.Task) -> None:
+    _generations.add(task)
+
+
+def unregister(task: asyncio.Task) -> None:
+    _generations.discard(task)
+
+
+def in_flight() -> int:
+    return len(_generations)
+
+
+async def drain(grace: float, *, settle: float = 10.0) -> None:
+    """Let generations in flight finish for up to `grace` seconds, then end the rest and wait for their rows."""
+    _draining.set()
+    deadline = time.monotonic() + grace
+    if _generations:
+        logger.info("draining: waiting for generations in flight", extra={"in_flight": len(_generations),
+                                                                            "grace_seconds": grace})
+    while _generations and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if not _generations:
+        return
+    _ending.set()
+    logger.warning("grace period over: ending generations in flight", extra={"in_flight": len(_generations)})
+    for task in list(_generations):
+        task.cancel()
+    deadline = time.monotonic() + settle
+    while _generations and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def reset_for_tests() -> None:
+    _draining.clear()
+    _ending.clear()
+    _generations.clear()
+    with _consumer_lock:
+        _consumer_in_flight.clear()

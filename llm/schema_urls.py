@@ -1,0 +1,11 @@
+"""The URLs the OpenAPI schema describes: the consumers' API, each path with the class that documents it."""
+
+from django.urls import path
+
+from llm.schema import GenerateOperation
+from llm.views import TemplateListView
+
+urlpatterns = [
+    path("api/v1/llm/generate", GenerateOperation.as_view()),
+    path("api/v1/llm/templates", TemplateListView.as_view()),
+]
