@@ -55,14 +55,13 @@ class RequestIdMiddleware:
     def _finish(self, request, response, started: float):
         response["X-Request-ID"] = str(request.request_id)
         if response.streaming and response.is_async:
-            response.streaming_content = self._logged_stream(request, response, started)
+            response.streaming_content = self._logged_stream(request, response, response.streaming_content, started)
         else:
             _log(request, response.status_code, started)
         return response
 
     @staticmethod
-    async def _logged_stream(request, response, started: float):
-        content = response.streaming_content
+    async def _logged_stream(request, response, content, started: float):
         try:
             async for chunk in content:
                 yield chunk

@@ -1,5 +1,6 @@
 import importlib
 import json
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -120,6 +121,67 @@ def live_generate(live_server, api_key, shipped_templates):
                           headers={"Authorization": f"Bearer {key}"} if key else {})
 
     return post
+
+
+class LiveGateway:
+    """The gateway served over a loopback socket: its URL, and a key-carrying httpx client factory."""
+
+    def __init__(self, url: str, key: str):
+        self.url = url
+        self.key = key
+
+    def client(self, **kwargs):
+        import httpx
+
+        kwargs.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.url, trust_env=False, headers={"Authorization": f"Bearer {self.key}"},
+                            **kwargs)
+
+    def async_client(self, **kwargs):
+        import httpx
+
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.url, trust_env=False,
+                                 headers={"Authorization": f"Bearer {self.key}"}, **kwargs)
+
+
+@pytest.fixture
+def gateway(transactional_db, settings, api_key, shipped_templates):
+    """The gateway's ASGI application under uvicorn on a loopback port, in this process, as production runs it:
+    one event loop, database steps in their bounded thread pool (committed data: the test is transactional)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from gateway_project.asgi import application
+
+    settings.DB_STEPS_IN_CALLER_THREAD = False
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(application, lifespan="off", log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    yield LiveGateway(f"http://127.0.0.1:{port}", api_key)
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """Poll until predicate() is truthy (its value) or the timeout passes (then the last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 @pytest.fixture
