@@ -333,6 +333,7 @@ class FakeOllama:
         self._loaded: dict[str, float | None] = {}  # model -> expiry (time.time()), None: for ever
         # Touched only in the loop's thread.
         self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -462,14 +463,15 @@ class FakeOllama:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-        connections = list(self._connections)
-        for conn in connections:
+        for conn in list(self._connections):
             conn.drop()
-        tasks = [conn.task for conn in connections if conn.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=1)
+        # Handlers see their connection gone at once; one stuck anyway must not outlive the loop.
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=1)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
 
     def _record(self, request: RecordedRequest) -> None:
         with self._arrived:
@@ -734,6 +736,8 @@ class _Connection(asyncio.Protocol):
         self.peer = tuple(peer[:2]) if peer else None
         self.fake._connections.add(self)
         self.task = self.loop.create_task(self.serve())
+        self.fake._tasks.add(self.task)
+        self.task.add_done_callback(self.fake._tasks.discard)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
