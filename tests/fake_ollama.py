@@ -293,9 +293,10 @@ def _chunk(line: bytes) -> bytes:
 class FakeOllama:
     """An Ollama look-alike on a real socket: start it, aim a client at .url, inspect .requests.
 
-    delay, chunks and chunk_delay shape every generation (/api/chat, /api/generate) like a busy model: `delay`
-    seconds before the reply, `chunks` content lines per stream (default one a word, at most 32), `chunk_delay`
-    seconds between lines. Fault delays come on top.
+    delay, chunks and chunk_delay (also attributes, read per request) shape every generation (/api/chat,
+    /api/generate) like a busy model: `delay` seconds before the reply whatever the fault (but hang and reset),
+    `chunks` content lines per stream (default one a word, at most 32), `chunk_delay` seconds between lines.
+    Fault delays come on top.
     """
 
     # Ollama 0.5.x wording; newer releases say "model 'NAME' not found".
@@ -324,7 +325,7 @@ class FakeOllama:
         self.chunk_delay = chunk_delay
         self._port = port
         self._initial_models = list(self.models)
-        self._initial_reply = reply
+        self._initial_settings = (reply, delay, chunks, chunk_delay)
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._requests: list[RecordedRequest] = []
@@ -453,9 +454,9 @@ class FakeOllama:
             self._loaded.clear()
 
     def reset(self) -> None:
-        """clear(), and also restore .reply and .models to their initial state."""
+        """clear(), and also restore .models, .reply, .delay, .chunks and .chunk_delay to their initial state."""
         self.clear()
-        self.reply = self._initial_reply
+        self.reply, self.delay, self.chunks, self.chunk_delay = self._initial_settings
         self.models[:] = self._initial_models
 
     # -- called in the loop's thread --
