@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from gateway_project.redaction import mask_secrets
-from llm import api_keys, rate_limits
+from llm import api_keys, metrics, rate_limits
 from llm.errors import (AuditUnavailable, GatewayError, InvalidOutput, InvalidRequest, NotAuthenticated,
                         PayloadTooLarge, UnsupportedMediaType)
 from llm.models import ApiKey, Generation, PromptTemplateVersion
@@ -27,6 +27,7 @@ logger = logging.getLogger("llm.services")
 MAX_DEPTH = 32
 
 
+@metrics.in_flight()
 def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
              api_key: ApiKey | None, refusal: NotAuthenticated | None = None, client_ip: str | None = None,
              user_agent: str = "") -> Generation:
@@ -70,6 +71,7 @@ def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str
     except DatabaseError as exc:
         logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
                                                                           "error": str(exc)})
+        metrics.audit_write_failed("insert")
         raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
 
     route = Route(models)
@@ -272,10 +274,14 @@ def _complete(row: Generation, transition, **fields) -> None:
         transition(**fields)
     except DatabaseError as exc:
         logger.error("audit row not completed", extra={"request_id": str(row.id), "error": str(exc)})
+        metrics.audit_write_failed("insert" if inserting else "update")
         if inserting:
             # Nothing of this attempt is on record: the client must not believe it was audited.
             raise AuditUnavailable("The audit log cannot be written. Try again later.") from None
         # The pending row exists; the reply is still the client's.
+    finally:
+        # Counted even when the row could not be saved: the metrics are what is left to alert on then.
+        metrics.observe_generation(row)
 
 
 def _elapsed_ms(started: float) -> float:
