@@ -5,9 +5,22 @@ holds hundreds of them at once. gunicorn's master keeps the start-up hooks and w
 Every value can be overridden on the command line or through GUNICORN_CMD_ARGS.
 """
 
+import glob
 import os
+import shutil
+import tempfile
 
-from gateway_project.environment import resolve
+# Prometheus' multiprocess mode: each worker writes its metrics to files in this directory, and /metrics, served by
+# any worker, sums them. prometheus_client chooses the mode when it is first imported, so the variable is set here,
+# in the master, before any worker (or this file) imports it. An operator's own directory is kept; otherwise each
+# master gets a fresh one, so that two gateways on one machine never add up each other's counts.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-gateway-metrics-")
+    # Remembered in the environment: a reload (SIGHUP) reads this file again and must still know it is ours.
+    os.environ["LLM_GATEWAY_OWN_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+from gateway_project.environment import resolve  # noqa: E402
 
 _gateway = resolve()
 
@@ -28,8 +41,27 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Name shadowed and suspicious settings in gunicorn's log at start, as runserver's system checks do."""
+    """Name shadowed and suspicious settings in gunicorn's log at start, as runserver's system checks do.
+
+    Also empties the metrics directory: the files of a previous run would otherwise be counted again, and a
+    counter would jump when Prometheus expects it to have restarted from zero.
+    """
     from diagnostics.resolved_settings import proxy_warnings, settings_warnings
 
     for warning in settings_warnings(_gateway) + proxy_warnings(os.environ):
         server.log.warning("%s: (%s) %s", warning.name, warning.id, warning)
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for path in glob.glob(os.path.join(_metrics_dir, "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """A worker that died no longer has requests in flight: drop its live gauges (its counters still count)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server):
+    if os.environ.get("LLM_GATEWAY_OWN_METRICS_DIR") == _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

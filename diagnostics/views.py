@@ -1,10 +1,17 @@
-"""The debug API (staff only) and the health endpoints. Thin: the work is in the diagnostics services."""
+"""The debug API (staff only), the metrics and the health endpoints. Thin: the work is in the services."""
+
+import hashlib
+import hmac
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
-from rest_framework.permissions import IsAdminUser
+from rest_framework.authentication import (BaseAuthentication, BasicAuthentication, SessionAuthentication,
+                                           get_authorization_header)
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,6 +22,7 @@ from diagnostics.models import ConnectionCheck
 from diagnostics.resolved_settings import resolved_settings, shown
 from diagnostics.serializers import ConnectionCheckQuerySerializer
 from diagnostics.services import run_connection_check
+from llm import metrics
 
 
 class StaffOnlyAPIView(APIView):
@@ -66,6 +74,51 @@ class DebugOllamaGenerateView(DebugOllamaView):
     """GET /api/v1/debug/ollama/generate: the same check plus a tiny test generation."""
 
     generate = True
+
+
+METRICS_SCRAPER = "metrics-token"
+
+
+class MetricsTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <METRICS_TOKEN>`, for the Prometheus scraper; any other bearer token is refused."""
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != b"bearer":
+            return None
+        expected = settings.METRICS_TOKEN
+        # Compared as digests in constant time: neither the token's characters nor its length leak through timing.
+        if len(parts) != 2 or not expected or not hmac.compare_digest(
+                hashlib.sha256(parts[1]).digest(), hashlib.sha256(expected.encode()).digest()):
+            raise AuthenticationFailed("Invalid metrics token.")
+        return AnonymousUser(), METRICS_SCRAPER
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="llm-gateway-metrics"'
+
+
+class IsScraperOrStaff(BasePermission):
+    def has_permission(self, request, view):
+        return request.auth == METRICS_SCRAPER or IsAdminUser().has_permission(request, view)
+
+
+class ErrorsAsJson(BaseContentNegotiation):
+    """Prometheus asks for text formats only; errors still leave as JSON instead of 406 Not Acceptable."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class MetricsView(StaffOnlyAPIView):
+    """GET /metrics: the Prometheus metrics, for the scraper's token or a staff user; never open to anyone."""
+
+    authentication_classes = [MetricsTokenAuthentication, *StaffOnlyAPIView.authentication_classes]
+    permission_classes = [IsScraperOrStaff]
+    content_negotiation_class = ErrorsAsJson
+
+    def get(self, request):
+        body, content_type = metrics.exposition(request.META.get("HTTP_ACCEPT"))
+        return HttpResponse(body, content_type=content_type)
 
 
 @require_GET

@@ -91,6 +91,15 @@ def _text(raw: str) -> str:
     return value
 
 
+def _token(raw: str) -> str:
+    value = raw.strip()
+    # A short token could be guessed by trying; the metrics name every consumer and model.
+    if value and (len(value) < 16 or any(c.isspace() for c in value)):
+        raise ValueError("expected empty or at least 16 characters without spaces, e.g. "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
 def _host_list(raw: str) -> list[str]:
     return [host.strip() for host in raw.split(",") if host.strip()]
 
@@ -176,6 +185,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,
                 help="payload keys whose values are masked before they are stored or sent to a model"),
+    SettingSpec("METRICS_TOKEN", "", _token, secret=True,
+                help="bearer token the Prometheus scraper sends to GET /metrics; empty: only staff users may read it"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),
     SettingSpec("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), help="log level of the gateway"),
 )

@@ -54,6 +54,8 @@ RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
 REDACT_KEYS = env["REDACT_KEYS"]
+# GET /metrics: the scraper's bearer token; empty: staff users only.
+METRICS_TOKEN = env["METRICS_TOKEN"]
 
 INSTALLED_APPS = [
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site

@@ -20,7 +20,7 @@ from django.db import DatabaseError
 
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, rate_limits
+from llm import admission, api_keys, metrics, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
                         NotAuthenticated, PayloadTooLarge, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.models import ApiKey, Generation, PromptTemplateVersion
@@ -96,9 +96,16 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     If that row cannot be written, nothing is generated and AuditUnavailable is raised.
     """
     timing = Timing(started)
-    row, request, models, streamed = await db_step(
-        _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type, started=started,
-        caller=caller)
+    counted = metrics.in_flight()
+    counted.__enter__()
+    try:
+        begun = await db_step(
+            _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
+            started=started, caller=caller)
+    except BaseException:
+        counted.__exit__()
+        raise
+    row, request, models, streamed = begun
     task = asyncio.current_task()
     admission.register(task)
     route = Route(models)
@@ -116,7 +123,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                         await slot.__aexit__(None, None, None)
                         raise
                     timing.upstream_ms = route.upstream_ms
-                    events = _stream_events(row, route, request, stream, slot, timing)
+                    events = _stream_events(row, route, request, stream, slot, timing, counted)
                     await anext(events)  # started: from here on its cleanup runs however it is left
                     handed_over = True
                     return Streaming(row, timing, events)
@@ -147,6 +154,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         admission.unregister(task)
         if not handed_over:
             _release_consumer(row)
+            counted.__exit__()
 
 
 async def _ask(route: Route, provider, request: GenerationRequest):
@@ -165,7 +173,8 @@ async def _ask(route: Route, provider, request: GenerationRequest):
             raise
 
 
-async def _stream_events(row: Generation, route: Route, request: GenerationRequest, stream, slot, timing: Timing):
+async def _stream_events(row: Generation, route: Route, request: GenerationRequest, stream, slot, timing: Timing,
+                         counted):
     """Deltas as they arrive, then the Outcome; the row is completed however the stream ends.
 
     Yields None once first, when generate() starts it: a started async generator is closed (and its cleanup run)
@@ -228,6 +237,7 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
         _release_consumer(row)
+        counted.__exit__()
     if leaving is not None:
         raise leaving
     yield Outcome(row, error)
@@ -344,6 +354,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
         except DatabaseError as exc:
             logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
                                                                               "error": str(exc)})
+            metrics.audit_write_failed("insert")
             raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
     except BaseException:
         if slot_taken:
@@ -532,10 +543,14 @@ def _complete(row: Generation, transition, **fields) -> None:
         transition(**fields)
     except DatabaseError as exc:
         logger.error("audit row not completed", extra={"request_id": str(row.id), "error": str(exc)})
+        metrics.audit_write_failed("insert" if inserting else "update")
         if inserting:
             # Nothing of this attempt is on record: the client must not believe it was audited.
             raise AuditUnavailable("The audit log cannot be written. Try again later.") from None
         # The pending row exists; the reply is still the client's.
+    finally:
+        # Counted even when the row could not be saved: the metrics are what is left to alert on then.
+        metrics.observe_generation(row)
 
 
 def _elapsed_ms(started: float) -> float:

@@ -76,6 +76,9 @@ def test_relative_env_file_is_read_from_the_project_root():
         ("OLLAMA_BASE_URL", "localhost:11434", "expected an http:// or https:// URL"),
         ("DEBUG", "maybe", "DEBUG='maybe'"),
         ("DATABASE_URL", "nosuchdb://x", "DATABASE_URL=(hidden)"),
+        ("METRICS_TOKEN", "short", "METRICS_TOKEN=(hidden) (from the OS environment) is invalid: expected empty or "
+                                   "at least 16 characters"),
+        ("METRICS_TOKEN", "sixteen chars and spaces", "METRICS_TOKEN=(hidden)"),
     ],
 )
 def test_invalid_values_name_the_variable_and_what_is_allowed(tmp_path, name, value, expected):

@@ -7,7 +7,6 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from llm.models import Generation, PromptTemplateVersion
-from llm.providers import get_provider
 from tests.conftest import GENERATE_URL, SNS_REPLY, assert_error
 
 pytestmark = pytest.mark.django_db
@@ -135,17 +134,6 @@ def test_live_token_counts_come_from_ollama(generate, valid_request, ollama):
     assert body["usage"]["completion_tokens"] == words_in_reply  # the test server's eval_count
     row = only_row()
     assert (row.prompt_tokens, row.completion_tokens) == (body["usage"]["prompt_tokens"], words_in_reply)
-
-
-def test_live_client_is_built_once_and_keeps_its_connection(generate, valid_request, ollama):
-    assert get_provider() is get_provider()
-    ollama.reply = SNS_REPLY
-
-    for _ in range(3):
-        assert generate(valid_request).status_code == 200
-
-    peers = {r.peer for r in ollama.requests}
-    assert len(peers) == 1, f"expected one pooled keep-alive connection, saw {peers}"
 
 
 # -- invalid requests --------------------------------------------------------------------------------------------
