@@ -10,7 +10,7 @@ Method
        benchmark client's GIL. It answers /api/chat at once, so what remains of a request is pure overhead.
     3. A fresh audit database is migrated: a new SQLite file, or a new schema in the PostgreSQL database
        `bench` (dropped afterwards), or the URL given with --database (rows are then counted as a difference).
-    4. gunicorn serves the gateway with gunicorn.conf.py (gthread), GENERATOR_MODE=live pointing at the fake,
+    4. gunicorn serves the gateway with gunicorn.conf.py (uvicorn workers), GENERATOR_MODE=live at the fake,
        on a listening socket this script binds and hands over (fd://), so no port can be taken in between.
     5. Two persistent httpx clients (keep-alive: no connection setup in the figures) send, per iteration,
        one POST /api/v1/llm/generate to the gateway and one POST /api/chat to the fake with the very body
@@ -152,7 +152,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "or a database URL on this machine")
     parser.add_argument("--mode", choices=["json", "text"], default="json")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (default 1)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (default 4)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning",
                         help="the gateway's LOG_LEVEL; info writes one JSON line per request (default warning)")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
@@ -161,8 +160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"-n must be between 2 and {MAX_REQUESTS}")
     if not 0 <= args.warmup <= MAX_WARMUP:
         parser.error(f"--warmup must be between 0 and {MAX_WARMUP}")
-    if not 1 <= args.workers <= 16 or not 1 <= args.threads <= 64:
-        parser.error("--workers must be 1-16 and --threads 1-64")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers must be 1-16")
     return args
 
 
@@ -226,12 +225,11 @@ def start_gunicorn(stack: contextlib.ExitStack, env: dict[str, str], args: argpa
     log_path = workdir / "gunicorn.log"
     listener = bind_listener()
     port = listener.getsockname()[1]
-    env = {**env, "GUNICORN_BIND": f"fd://{listener.fileno()}", "WEB_CONCURRENCY": str(args.workers),
-           "GUNICORN_THREADS": str(args.threads)}
+    env = {**env, "GUNICORN_BIND": f"fd://{listener.fileno()}", "WEB_CONCURRENCY": str(args.workers)}
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "gateway_project.wsgi"],
+                [sys.executable, "-m", "gunicorn"],
                 cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 pass_fds=[listener.fileno()], start_new_session=True,
             )
@@ -444,7 +442,7 @@ def environment_facts(args: argparse.Namespace, database: Database, db_info: dic
         "mode": args.mode,
         "requests": args.requests,
         "warmup": args.warmup,
-        "gunicorn": f"{package_version('gunicorn')} gthread, {args.workers} worker(s) x {args.threads} threads",
+        "gunicorn": f"{package_version('gunicorn')} + uvicorn {package_version('uvicorn')}, {args.workers} worker(s)",
         "log_level": args.log_level,
         "django": package_version("Django"),
         "httpx": package_version("httpx"),

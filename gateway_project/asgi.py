@@ -14,12 +14,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
 django_application = get_asgi_application()
 
+import asyncio  # noqa: E402
+
 from django.conf import settings  # noqa: E402  (after setup)
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
 
 
 class LeanASGIHandler(ASGIHandler):
-    """An ASGIHandler whose middleware chain is settings.API_MIDDLEWARE."""
+    """An ASGIHandler whose middleware chain is settings.API_MIDDLEWARE, and that takes no thread hop of its own.
+
+    Django's handler sends request_started and request_finished, whose receivers are sync (they close the thread's
+    database connections), and closes the response in a thread: each is a hop through a thread that asgiref starts
+    per request. On the API path no database connection lives on the event loop's thread (gateway_project.db_steps
+    hands each back at the end of its step), so there is nothing for them to close. Otherwise `handle` is Django's.
+    """
 
     def load_middleware(self, is_async=False):
         full = settings.MIDDLEWARE
@@ -28,6 +38,47 @@ class LeanASGIHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            return
+
+        async def process_request(request, send):
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected while the response was being sent
+            return response
+
+        # As Django does: a disconnect while the view runs cancels it (the use case completes its row then).
+        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)),
+                 asyncio.create_task(process_request(request, send))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        body_file.close()
 
 
 api_application = LeanASGIHandler()

@@ -353,3 +353,13 @@ def test_request_ids_are_uuids_and_unique(generate, valid_request):
 
     assert len(ids) == 3
     assert all(uuid.UUID(i) for i in ids)
+
+
+def test_the_answer_has_exactly_the_fields_the_schema_documents(generate, valid_request):
+    from llm.serializers import GenerationSerializer
+    from llm.views import generation_body
+
+    response = generate(valid_request)
+
+    row = Generation.objects.get()
+    assert response.json() == generation_body(row) == GenerationSerializer(row).data
