@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1:8000
 
-.PHONY: run test setup secret-key migrate chromium bench clean
+.PHONY: run test setup secret-key migrate chromium wrk bench clean
 
 $(BIN)/.requirements: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,8 +46,14 @@ chromium:
 test: $(BIN)/.requirements-dev chromium
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/.requirements
-	$(BIN)/python bench/overhead.py
+# The load phases drive wrk (Debian's package).
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		echo "wrk is missing: run 'sudo apt-get install -y wrk'"
+
+bench: $(BIN)/.requirements wrk
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

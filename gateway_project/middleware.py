@@ -1,5 +1,6 @@
 """Request ids and the one structured log line each request leaves."""
 
+import asyncio
 import logging
 import time
 import uuid
@@ -43,7 +44,14 @@ class RequestIdMiddleware:
 
     async def _acall(self, request):
         started = self._start(request)
-        return self._finish(request, await self.get_response(request), started)
+        try:
+            response = await self.get_response(request)
+        except asyncio.CancelledError:
+            # The client went away before the answer (nginx's 499): the request still gets its line.
+            annotate_request_log(request, client_disconnected=True)
+            _log(request, 499, started)
+            raise
+        return self._finish(request, response, started)
 
     @staticmethod
     def _start(request) -> float:
@@ -66,7 +74,7 @@ class RequestIdMiddleware:
             async for chunk in content:
                 yield chunk
         except BaseException:
-            annotate_request_log(request, stream_ended="client_disconnected")
+            annotate_request_log(request, client_disconnected=True)
             raise
         finally:
             _log(request, response.status_code, started)
