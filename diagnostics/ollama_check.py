@@ -21,8 +21,9 @@ from typing import Any, Callable
 import httpx
 from django.conf import settings
 
-from diagnostics.resolved_settings import (SHADOWED, SettingWarning, base_url_problems, inline_comment,
-                                           proxy_warnings, settings_warnings, shadowing_note, shown)
+from diagnostics.resolved_settings import (INVALID_SETTING, SHADOWED, SettingError, SettingWarning,
+                                           base_url_problems, inline_comment, invalid_settings, proxy_warnings,
+                                           settings_warnings, shadowing_note, shown)
 from gateway_project.environment import ENVIRONMENT, OVERRIDE, Resolved
 from gateway_project.redaction import mask_url
 
@@ -32,8 +33,7 @@ TEST_PROMPT = "Reply with the single word: ready"
 TEST_NUM_PREDICT = 16
 EXCERPT = 160
 
-# Cause codes.
-INVALID_SETTING = "invalid_setting"
+# Cause codes (INVALID_SETTING comes with the settings report, which lists the same errors).
 DNS_FAILURE = "dns_failure"
 CONNECTION_REFUSED = "connection_refused"
 TIMEOUT = "timeout"
@@ -60,6 +60,18 @@ class Cause:
     code: str
     message: str
     fix: str
+    # The cause's particulars, shown between code and message: the setting, its value and source for
+    # invalid_setting.
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, **self.extra, "message": self.message, "fix": self.fix}
+
+    @classmethod
+    def of_setting(cls, error: SettingError) -> "Cause":
+        data = error.as_dict()
+        return cls(INVALID_SETTING, error.message, error.fix,
+                   {key: data[key] for key in ("setting", "value", "source")})
 
 
 @dataclass
@@ -76,6 +88,7 @@ class ConnectionReport:
     models: list[str] | None = None
     model_available: bool | None = None
     steps: list[Step] = field(default_factory=list)
+    invalid_settings: list[SettingError] = field(default_factory=list)
     cause: Cause | None = None
     warnings: list[str] = field(default_factory=list)
     generation: dict | None = None
@@ -99,7 +112,8 @@ class ConnectionReport:
             "model": self.model,
             "model_available": self.model_available,
             "steps": [asdict(step) for step in self.steps],
-            "cause": asdict(self.cause) if self.cause else None,
+            "cause": self.cause.as_dict() if self.cause else None,
+            "invalid_settings": [error.as_dict() for error in self.invalid_settings],
             "warnings": self.warnings,
             "elapsed_ms": self.elapsed_ms,
         }
@@ -113,18 +127,25 @@ class ConnectionReport:
 class _Failed(Exception):
     """Ends the check with a cause."""
 
-    def __init__(self, code: str, message: str, fix: str):
+    def __init__(self, code: str, message: str, fix: str, **extra: Any):
         super().__init__(message)
-        self.cause = Cause(code, message, fix)
+        self.cause = Cause(code, message, fix, extra)
 
 
 def check_ollama_connection(*, generate: bool = False, model: str | None = None, timeout: float | None = None,
                             base_url: str | None = None) -> ConnectionReport:
     """Check the configured Ollama (or `base_url`): DNS, TCP, /api/version, /api/tags, the model, and on request a
-    tiny generation. Never raises for a failure of Ollama's: the report's `cause` says what went wrong."""
+    tiny generation. Never raises for a failure of Ollama's: the report's `cause` says what went wrong.
+
+    A setting the gateway cannot use fails it (invalid_setting), whatever Ollama does.
+    """
     started = time.perf_counter()
     resolved: Resolved = settings.GATEWAY_ENV
+    errors = invalid_settings(resolved)
     configured = settings.OLLAMA_BASE_URL
+    if any(problem.name == "OLLAMA_BASE_URL" for problem in resolved.invalid):
+        # Settings hold the default in its place; the check must look at what the operator wrote.
+        configured = resolved.raw["OLLAMA_BASE_URL"]
     target = configured if base_url is None else base_url
     source = "argument" if base_url is not None else resolved.source_of("OLLAMA_BASE_URL", configured)
     model_name = model if model is not None else settings.OLLAMA_DEFAULT_MODEL
@@ -135,6 +156,7 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
         mode=settings.GENERATOR_MODE,
         model=model_name,
         timestamp=datetime.now(timezone.utc).isoformat(),
+        invalid_settings=errors,
     )
     setting_warnings = settings_warnings(resolved) + proxy_warnings(os.environ)
     report.warnings = [str(w) for w in setting_warnings]
@@ -152,6 +174,9 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
             run.generate(url, timeout if timeout is not None else max(settings.OLLAMA_TIMEOUT, probe_timeout))
     except _Failed as failed:
         report.cause = run.with_shadowing_fix(failed.cause)
+    if errors:
+        # The gateway would not even start (or not use the value): that comes before anything Ollama does.
+        report.cause = Cause.of_setting(errors[0])
     if settings.COMFYUI_BASE_URL:
         report.comfyui = _check_comfyui(settings.COMFYUI_BASE_URL, _safe_timeout(timeout), report)
     report.elapsed_ms = _ms(started)
@@ -198,7 +223,7 @@ class _Run:
         return Cause(cause.code, cause.message,
                      f"`unset OLLAMA_BASE_URL` (and remove it from the service's environment) so that "
                      f"{file_value} from {self.resolved.env_file} applies. If the OS value is the right one: "
-                     f"{cause.fix}")
+                     f"{cause.fix}", cause.extra)
 
     # -- the steps --
 
