@@ -1,5 +1,6 @@
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,6 +12,16 @@ from llm.schema import ERROR_RESPONSES
 from llm.serializers import GenerateRequestSerializer, GenerationSerializer, TemplateCatalogSerializer
 
 
+class AlwaysJSON(BaseContentNegotiation):
+    """JSON whatever Accept or ?format= ask for: DRF's 406 (or 404) would answer before the attempt is audited."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class GenerateView(APIView):
     """POST /api/v1/llm/generate: one generation, audited whatever its outcome."""
 
@@ -20,6 +31,7 @@ class GenerateView(APIView):
     permission_classes = []
     # No parsers: the service reads the raw body, so that even one that is not JSON leaves an audit row.
     parser_classes = []
+    content_negotiation_class = AlwaysJSON
 
     def perform_authentication(self, request):
         """Deferred to post(): DRF would answer a bad key before the attempt could be audited."""
