@@ -149,11 +149,12 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
     resolved: Resolved = settings.GATEWAY_ENV
     errors = invalid_settings(resolved)
     configured = settings.OLLAMA_BASE_URL
+    source = resolved.source_of("OLLAMA_BASE_URL", configured)
     if any(problem.name == "OLLAMA_BASE_URL" for problem in resolved.invalid):
         # Settings hold the default in its place; the check must look at what the operator wrote.
         configured = resolved.raw["OLLAMA_BASE_URL"]
     target = configured if base_url is None else base_url
-    source = "argument" if base_url is not None else resolved.source_of("OLLAMA_BASE_URL", configured)
+    source = "argument" if base_url is not None else source
     model_name = model if model is not None else settings.OLLAMA_DEFAULT_MODEL
     report = ConnectionReport(
         target_url=shown("OLLAMA_BASE_URL", target),
@@ -322,8 +323,9 @@ class _Run:
         error = ("upstream_timeout (504)" if setting == "OLLAMA_TIMEOUT"
                  else "a 504 once the whole generation's time is up")
         suggestion = max(60, math.ceil((measured or waited) * 3))
+        deadline_too = setting == "OLLAMA_TIMEOUT" and getattr(settings, "GENERATION_DEADLINE", math.inf) < suggestion
         fix = (f"Raise {setting} well above the time measured (e.g. {setting}={suggestion}"
-               + (f", and GENERATION_DEADLINE with it" if setting == "OLLAMA_TIMEOUT" else "")
+               + (", and GENERATION_DEADLINE with it" if deadline_too else "")
                + "), or keep the model loaded so that a request need not wait for it to load: set "
                "OLLAMA_KEEP_ALIVE=-1 (or a duration such as 24h) on the Ollama server, or send keep_alive with "
                "the requests.")

@@ -125,7 +125,7 @@ def test_a_base_url_without_scheme_is_reported_in_json_without_probing_a_default
     assert report["cause"]["setting"] == "OLLAMA_BASE_URL"
     assert report["cause"]["message"].startswith("OLLAMA_BASE_URL='127.0.0.1:11434' (from the OS environment) is "
                                                  "invalid: expected an http:// or https:// URL")
-    assert report["target_url"] == "127.0.0.1:11434"
+    assert (report["target_url"], report["source"]) == ("127.0.0.1:11434", "environment")
     assert report["steps"] == []
 
 
