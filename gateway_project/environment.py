@@ -272,7 +272,7 @@ class Resolved:
         """A value the gateway cannot run with: ImproperlyConfigured(message) when resolved strictly, else one
         more entry in `invalid`."""
         if self.strict:
-            raise ImproperlyConfigured(message)
+            raise ImproperlyConfigured(message) from None  # the ValueError behind it says nothing more
         self.invalid.append(InvalidSetting(name, self.raw.get(name, ""), self.sources.get(name, DEFAULT), problem,
                                            fix))
 
