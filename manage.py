@@ -6,6 +6,10 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
+    from gateway_project.environment import start_leniently_for
+
+    # check_ollama must run and report an invalid setting; everything else refuses to start with one.
+    start_leniently_for(sys.argv)
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line

@@ -21,8 +21,9 @@ from typing import Any, Callable
 import httpx
 from django.conf import settings
 
-from diagnostics.resolved_settings import (SHADOWED, SettingWarning, base_url_problems, inline_comment,
-                                           proxy_warnings, settings_warnings, shadowing_note, shown)
+from diagnostics.resolved_settings import (INVALID_SETTING, SHADOWED, SettingError, SettingWarning,
+                                           base_url_problems, inline_comment, invalid_settings, proxy_warnings,
+                                           settings_warnings, shadowing_note, shown)
 from gateway_project.environment import ENVIRONMENT, OVERRIDE, Resolved
 from gateway_project.redaction import mask_url
 
@@ -32,8 +33,7 @@ TEST_PROMPT = "Reply with the single word: ready"
 TEST_NUM_PREDICT = 16
 EXCERPT = 160
 
-# Cause codes.
-INVALID_SETTING = "invalid_setting"
+# Cause codes (INVALID_SETTING comes with the settings report, which lists the same errors).
 DNS_FAILURE = "dns_failure"
 CONNECTION_REFUSED = "connection_refused"
 TIMEOUT = "timeout"
@@ -41,10 +41,15 @@ NOT_OLLAMA = "not_ollama"
 HTTP_ERROR = "http_error"
 MODEL_MISSING = "model_missing"
 GENERATION_FAILED = "generation_failed"
+# Ollama answers, but slower than the gateway's own timeouts allow: live requests would fail although the steps
+# pass. The check's verdict is the gateway's, not that of its own, more patient, client.
+GATEWAY_TIMEOUT = "gateway_timeout"
+# A test generation that uses more of the gateway's time limit than this is a warning: longer replies may not fit.
+CLOSE_TO_LIMIT = 0.5
 # The causes in which the base URL is the likely culprit, so where it came from is part of the message.
 URL_CAUSES = (DNS_FAILURE, CONNECTION_REFUSED, TIMEOUT, NOT_OLLAMA)
 CAUSE_CODES = (INVALID_SETTING, DNS_FAILURE, CONNECTION_REFUSED, TIMEOUT, NOT_OLLAMA, HTTP_ERROR, MODEL_MISSING,
-               GENERATION_FAILED)
+               GENERATION_FAILED, GATEWAY_TIMEOUT)
 
 
 @dataclass
@@ -60,6 +65,18 @@ class Cause:
     code: str
     message: str
     fix: str
+    # The cause's particulars, shown between code and message: the setting, its value and source for
+    # invalid_setting; the setting, its limit and the time measured for gateway_timeout.
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, **self.extra, "message": self.message, "fix": self.fix}
+
+    @classmethod
+    def of_setting(cls, error: SettingError) -> "Cause":
+        data = error.as_dict()
+        return cls(INVALID_SETTING, error.message, error.fix,
+                   {key: data[key] for key in ("setting", "value", "source")})
 
 
 @dataclass
@@ -76,6 +93,7 @@ class ConnectionReport:
     models: list[str] | None = None
     model_available: bool | None = None
     steps: list[Step] = field(default_factory=list)
+    invalid_settings: list[SettingError] = field(default_factory=list)
     cause: Cause | None = None
     warnings: list[str] = field(default_factory=list)
     generation: dict | None = None
@@ -99,7 +117,8 @@ class ConnectionReport:
             "model": self.model,
             "model_available": self.model_available,
             "steps": [asdict(step) for step in self.steps],
-            "cause": asdict(self.cause) if self.cause else None,
+            "cause": self.cause.as_dict() if self.cause else None,
+            "invalid_settings": [error.as_dict() for error in self.invalid_settings],
             "warnings": self.warnings,
             "elapsed_ms": self.elapsed_ms,
         }
@@ -113,20 +132,29 @@ class ConnectionReport:
 class _Failed(Exception):
     """Ends the check with a cause."""
 
-    def __init__(self, code: str, message: str, fix: str):
+    def __init__(self, code: str, message: str, fix: str, **extra: Any):
         super().__init__(message)
-        self.cause = Cause(code, message, fix)
+        self.cause = Cause(code, message, fix, extra)
 
 
 def check_ollama_connection(*, generate: bool = False, model: str | None = None, timeout: float | None = None,
                             base_url: str | None = None) -> ConnectionReport:
     """Check the configured Ollama (or `base_url`): DNS, TCP, /api/version, /api/tags, the model, and on request a
-    tiny generation. Never raises for a failure of Ollama's: the report's `cause` says what went wrong."""
+    tiny generation. Never raises for a failure of Ollama's: the report's `cause` says what went wrong.
+
+    It passes only if a live generation with the same settings would work: a setting the gateway cannot use
+    fails it (invalid_setting), and so does Ollama answering slower than the gateway's timeouts (gateway_timeout).
+    """
     started = time.perf_counter()
     resolved: Resolved = settings.GATEWAY_ENV
+    errors = invalid_settings(resolved)
     configured = settings.OLLAMA_BASE_URL
+    source = resolved.source_of("OLLAMA_BASE_URL", configured)
+    if any(problem.name == "OLLAMA_BASE_URL" for problem in resolved.invalid):
+        # Settings hold the default in its place; the check must look at what the operator wrote.
+        configured = resolved.raw["OLLAMA_BASE_URL"]
     target = configured if base_url is None else base_url
-    source = "argument" if base_url is not None else resolved.source_of("OLLAMA_BASE_URL", configured)
+    source = "argument" if base_url is not None else source
     model_name = model if model is not None else settings.OLLAMA_DEFAULT_MODEL
     report = ConnectionReport(
         target_url=shown("OLLAMA_BASE_URL", target),
@@ -135,6 +163,7 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
         mode=settings.GENERATOR_MODE,
         model=model_name,
         timestamp=datetime.now(timezone.utc).isoformat(),
+        invalid_settings=errors,
     )
     setting_warnings = settings_warnings(resolved) + proxy_warnings(os.environ)
     report.warnings = [str(w) for w in setting_warnings]
@@ -148,10 +177,16 @@ def check_ollama_connection(*, generate: bool = False, model: str | None = None,
         probe_timeout = _timeout(timeout)
         url = _target(target, run)
         run.probe(url, probe_timeout)
+        run.judge_connect()
         if generate:
-            run.generate(url, timeout if timeout is not None else max(settings.OLLAMA_TIMEOUT, probe_timeout))
+            setting, limit = gateway_limit()
+            # Wait longer than the gateway would, to measure how long the model really takes.
+            run.generate(url, timeout if timeout is not None else max(limit, probe_timeout), setting, limit)
     except _Failed as failed:
         report.cause = run.with_shadowing_fix(failed.cause)
+    if errors:
+        # The gateway would not even start (or not use the value): that comes before anything Ollama does.
+        report.cause = Cause.of_setting(errors[0])
     if settings.COMFYUI_BASE_URL:
         report.comfyui = _check_comfyui(settings.COMFYUI_BASE_URL, _safe_timeout(timeout), report)
     report.elapsed_ms = _ms(started)
@@ -198,7 +233,7 @@ class _Run:
         return Cause(cause.code, cause.message,
                      f"`unset OLLAMA_BASE_URL` (and remove it from the service's environment) so that "
                      f"{file_value} from {self.resolved.env_file} applies. If the OS value is the right one: "
-                     f"{cause.fix}")
+                     f"{cause.fix}", cause.extra)
 
     # -- the steps --
 
@@ -266,7 +301,41 @@ class _Run:
                       f"Run `ollama pull {report.model}` on the Ollama server, or use one of the models there "
                       f"(OLLAMA_DEFAULT_MODEL or --model).")
 
-    def generate(self, url: httpx.URL, timeout: float) -> None:
+    def judge_connect(self) -> None:
+        """gateway_timeout if the TCP connection took longer than the gateway's connect timeout allows."""
+        # The connect step alone: the gateway's client resolves the name outside its connect timeout.
+        spent = sum(step.elapsed_ms for step in self.report.steps if step.name == "connect")
+        limit = settings.OLLAMA_CONNECT_TIMEOUT
+        if spent / 1000 <= limit:
+            return
+        raise _Failed(GATEWAY_TIMEOUT, f"Connecting to {self.report.target_url} took {spent:.1f} ms, "
+                      f"but the gateway waits at most {limit * 1000:g} ms for a connection "
+                      f"(OLLAMA_CONNECT_TIMEOUT): live generations would fail with upstream_unavailable (503). "
+                      f"{self.origin('OLLAMA_CONNECT_TIMEOUT')}",
+                      f"Raise OLLAMA_CONNECT_TIMEOUT above the time measured, e.g. "
+                      f"OLLAMA_CONNECT_TIMEOUT={max(5, math.ceil(spent / 1000 * 3))}.",
+                      setting="OLLAMA_CONNECT_TIMEOUT", limit_s=limit, measured_s=round(spent / 1000, 3))
+
+    def too_slow(self, measured: float | None, waited: float, setting: str, limit: float) -> _Failed:
+        """gateway_timeout for a test generation that the gateway would have given up on."""
+        model = self.report.model
+        took = f"took {measured:.1f}s" if measured is not None else f"got no reply within {waited:g}s"
+        error = ("upstream_timeout (504)" if setting == "OLLAMA_TIMEOUT"
+                 else "a 504 once the whole generation's time is up")
+        suggestion = max(60, math.ceil((measured or waited) * 3))
+        deadline_too = setting == "OLLAMA_TIMEOUT" and getattr(settings, "GENERATION_DEADLINE", math.inf) < suggestion
+        fix = (f"Raise {setting} well above the time measured (e.g. {setting}={suggestion}"
+               + (", and GENERATION_DEADLINE with it" if deadline_too else "")
+               + "), or keep the model loaded so that a request need not wait for it to load: set "
+               "OLLAMA_KEEP_ALIVE=-1 (or a duration such as 24h) on the Ollama server, or send keep_alive with "
+               "the requests.")
+        return _Failed(GATEWAY_TIMEOUT, f"The test generation with {model!r} {took}, but the gateway waits at "
+                       f"most {limit:g}s ({setting}): every live generation with these settings would fail with "
+                       f"{error}. {self.origin(setting)}", fix,
+                       setting=setting, limit_s=limit,
+                       measured_s=round(measured, 3) if measured is not None else None)
+
+    def generate(self, url: httpx.URL, timeout: float, setting: str, limit: float) -> None:
         report = self.report
         body = {"model": report.model, "messages": [{"role": "user", "content": TEST_PROMPT}], "stream": False,
                 "options": {"num_predict": TEST_NUM_PREDICT}}
@@ -277,6 +346,8 @@ class _Run:
                 with _client(url, timeout) as client:
                     response = client.post("/api/chat", json=body)
             except httpx.TimeoutException:
+                if timeout > limit:
+                    raise self.too_slow(None, timeout, setting, limit) from None
                 raise _Failed(GENERATION_FAILED, f"The test generation with {report.model!r} got no reply within "
                               f"{timeout:g}s.", "Loading a model can take minutes the first time: retry with a "
                               "longer --timeout, or use a smaller model.") from None
@@ -294,8 +365,16 @@ class _Run:
                               f"{response.status_code}: {detail}.",
                               "See Ollama's server log; the model runner may have crashed (out of memory?).")
             text = message["content"]
+            elapsed_ms = _ms(started)
             report.generation = {"model": report.model, "prompt": TEST_PROMPT, "num_predict": TEST_NUM_PREDICT,
-                                 "reply": text, "length": len(text), "elapsed_ms": _ms(started)}
+                                 "reply": text, "length": len(text), "elapsed_ms": elapsed_ms,
+                                 "limit": {"setting": setting, "seconds": limit}}
+            if elapsed_ms / 1000 > limit:
+                raise self.too_slow(elapsed_ms / 1000, timeout, setting, limit)
+            if elapsed_ms / 1000 > limit * CLOSE_TO_LIMIT:
+                report.warnings.append(
+                    f"The test generation took {elapsed_ms / 1000:.1f}s of the {limit:g}s that {setting} allows; "
+                    f"a longer reply than its {TEST_NUM_PREDICT} tokens may not fit. Consider raising {setting}.")
             return data, f"{len(text)} characters: {_excerpt(text, 60)}"
 
         self.step("test generation", call)
@@ -311,6 +390,15 @@ _REFUSED_FIX = ("Start Ollama there (`ollama serve`); if it runs on another mach
                 "that server so that it listens on an address this machine can reach (it binds to 127.0.0.1 by "
                 "default), and check the port.")
 _NOT_OLLAMA_FIX = "Point OLLAMA_BASE_URL at Ollama itself (its port is 11434 by default), not at another server."
+
+
+def gateway_limit() -> tuple[str, float]:
+    """The setting that ends a live generation's wait for Ollama first, and its seconds: the read timeout
+    (OLLAMA_TIMEOUT) or the whole generation's deadline (GENERATION_DEADLINE)."""
+    timeout, deadline = settings.OLLAMA_TIMEOUT, getattr(settings, "GENERATION_DEADLINE", None)
+    if deadline is not None and deadline < timeout:
+        return "GENERATION_DEADLINE", deadline
+    return "OLLAMA_TIMEOUT", timeout
 
 
 def _timeout(timeout: float | None) -> float:

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from gateway_project.environment import BASE_DIR, DEFAULT, ENV_FILE, ENVIRONMENT, SPECS, Resolved, SettingSpec
+from gateway_project.environment import (BASE_DIR, DEFAULT, ENV_FILE, ENVIRONMENT, OVERRIDE, SPECS, Resolved,
+                                         SettingSpec, inline_comment_hint)
 from gateway_project.redaction import MASK, mask_url
 
 # Base URLs, and a path the gateway appends to each (what a base URL with a path of its own would break).
@@ -34,6 +35,8 @@ SUSPICIOUS_URL = "diagnostics.W004"
 SHORT_TIMEOUT = "diagnostics.W005"
 PROXY_IGNORED = "diagnostics.W006"
 ENV_FILE_MISSING = "diagnostics.W007"
+# The cause code of a value the gateway cannot use (check_ollama's cause, the report's invalid_settings).
+INVALID_SETTING = "invalid_setting"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,22 @@ class SettingWarning:
 
     def __str__(self) -> str:
         return f"{self.message} {self.fix}"
+
+
+@dataclass(frozen=True)
+class SettingError:
+    """A value the gateway cannot use, as reports show it: the value masked, where it came from, the fix."""
+
+    setting: str
+    value: str
+    source: str
+    message: str
+    fix: str
+    problem: str  # the parser's reason alone, for the system check's own wording
+
+    def as_dict(self) -> dict:
+        return {"code": INVALID_SETTING, "setting": self.setting, "value": self.value, "source": self.source,
+                "message": self.message, "fix": self.fix}
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class SettingsReport:
     env_file_found: bool
     settings: list[ResolvedSetting]
     warnings: list[SettingWarning]
+    invalid_settings: list[SettingError]
 
     @property
     def sources(self) -> dict[str, str]:
@@ -77,6 +97,7 @@ class SettingsReport:
             "settings": [asdict(s) for s in self.settings],
             "sources": self.sources,
             "warnings": [str(w) for w in self.warnings],
+            "invalid_settings": [e.as_dict() for e in self.invalid_settings],
         }
 
 
@@ -109,7 +130,54 @@ def resolved_settings() -> SettingsReport:
         env_file_found=resolved.env_file_found,
         settings=rows,
         warnings=settings_warnings(resolved) + proxy_warnings(os.environ),
+        invalid_settings=invalid_settings(resolved),
     )
+
+
+def invalid_settings(resolved: Resolved | None = None) -> list[SettingError]:
+    """Every value the gateway cannot use, in SPECS order: those start-up resolved leniently (only a diagnostic
+    command starts with them) and those Django settings hold after a run-time override."""
+    resolved = settings.GATEWAY_ENV if resolved is None else resolved
+    at_start = {problem.name: problem for problem in resolved.invalid}
+    errors = []
+    for spec in SPECS:
+        if spec.name in at_start:
+            problem = at_start[spec.name]
+            errors.append(_setting_error(spec, problem.raw, problem.source, problem.problem, resolved, problem.fix))
+            continue
+        if spec.name in RAW_ONLY or not hasattr(settings, spec.name):
+            continue
+        effective = getattr(settings, spec.name)
+        if resolved.source_of(spec.name, effective) != OVERRIDE:
+            continue
+        try:
+            spec.parse(as_text(effective))
+        except ValueError as exc:
+            errors.append(_setting_error(spec, effective, OVERRIDE, str(exc), resolved))
+    return errors
+
+
+def _setting_error(spec: SettingSpec, raw: Any, source: str, problem: str, resolved: Resolved,
+                   fix: str = "") -> SettingError:
+    value = shown(spec, raw)
+    where = resolved.describe_source(source)
+    message = (f"{spec.name}={value!r} (from {where}) is invalid: {problem}."
+               f"{inline_comment_hint(as_text(raw))}")
+    if not fix:
+        default = shown(spec, spec.default) or "empty"
+        if source == ENVIRONMENT:
+            instead = (f"the value in {resolved.env_file}" if spec.name in resolved.file_values
+                       else f"the default ({default})")
+            fix = (f"Correct {spec.name} in the environment the gateway runs with (its service unit or container), "
+                   f"or unset it (`unset {spec.name}`) to use {instead}.")
+        elif source == ENV_FILE:
+            fix = f"Correct {spec.name} in {resolved.env_file}, or delete that line to use the default ({default})."
+        elif source == OVERRIDE:
+            fix = f"Correct {spec.name} where the code or settings module sets it after start-up."
+        else:
+            fix = f"Set {spec.name} in the OS environment or in {resolved.env_file}."
+        fix += f" {spec.name}: {spec.help}." if spec.help else ""
+    return SettingError(spec.name, value, source, message, fix, problem)
 
 
 def settings_warnings(resolved: Resolved) -> list[SettingWarning]:
@@ -273,7 +341,8 @@ def _parsed(spec: SettingSpec, raw: str) -> Any:
 def _effective(name: str, resolved: Resolved) -> tuple[Any, str]:
     """What the running process uses, and its source: the Django setting of that name if there is one (so a
     run-time override shows as such), else start-up's raw text (DATABASE_URL, for one, lives on as DATABASES)."""
-    if name in RAW_ONLY or not hasattr(settings, name):
+    if name in RAW_ONLY or not hasattr(settings, name) or any(p.name == name for p in resolved.invalid):
+        # An invalid value shows as given, not as the default that stands in for it.
         return resolved.raw[name], resolved.sources[name]
     effective = getattr(settings, name)
     return effective, resolved.source_of(name, effective)

@@ -15,6 +15,10 @@ def run_connection_check(*, origin: str, user=None, generate: bool = False, mode
     """Check Ollama and store the run as a ConnectionCheck; the row is None (and the report says so) if the
     database cannot take it, since a diagnosis must not fail for want of its history."""
     report = check_ollama_connection(generate=generate, model=model, timeout=timeout)
+    if any(error.setting == "DATABASE_URL" for error in report.invalid_settings):
+        # The database in use is the default standing in for the invalid one: the run does not belong there.
+        report.warnings.append("This run was not recorded in the check history: DATABASE_URL is invalid.")
+        return report, None
     try:
         row = record_connection_check(report, origin=origin, user=user, generation=generate)
     except DatabaseError as exc:

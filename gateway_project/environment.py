@@ -8,6 +8,7 @@ The OS environment wins over the env file, which wins over the code default. Kee
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -101,11 +102,25 @@ def _token(raw: str) -> str:
 
 
 def _host_list(raw: str) -> list[str]:
-    return [host.strip() for host in raw.split(",") if host.strip()]
+    hosts = [host.strip() for host in raw.split(",") if host.strip()]
+    if not hosts:
+        # With DEBUG off Django answers every request 400 when no host is allowed.
+        raise ValueError("name at least one host, e.g. localhost")
+    for host in hosts:
+        if "://" in host or "/" in host or any(c.isspace() for c in host):
+            # Django compares the Host header, which never holds a scheme, a path or a space.
+            raise ValueError(f"{host!r} is not a host name; write host names only, separated by commas, "
+                             f"e.g. gateway.example.com,localhost")
+    return hosts
 
 
 def _word_list(raw: str) -> tuple[str, ...]:
-    return tuple(word.strip().lower() for word in raw.split(",") if word.strip())
+    words = tuple(word.strip().lower() for word in raw.split(",") if word.strip())
+    for word in words:
+        if not re.fullmatch(r"[\w.-]+", word):
+            # A key with spaces or semicolons in it matches no payload key, so nothing would be masked.
+            raise ValueError(f"{word!r} is not a key name; separate the keys with commas, e.g. password,token")
+    return words
 
 
 def _scheme(raw: str, known: dict, example: str) -> None:
@@ -203,9 +218,42 @@ def read_env_file(path: Path) -> dict[str, str] | None:
     return values
 
 
+# The commands that diagnose the configuration. They must run, and report, when a setting is invalid, so for
+# them start-up resolves leniently; the server and every other command refuse to start ("Configuration error").
+DIAGNOSTIC_COMMANDS = ("check_ollama",)
+_lenient_start = False
+
+
+def start_leniently_for(argv: list[str]) -> None:
+    """Called by manage.py before the settings load: `manage.py check_ollama` starts whatever the settings say."""
+    global _lenient_start
+    _lenient_start = len(argv) > 1 and argv[1] in DIAGNOSTIC_COMMANDS
+
+
+def strict_start() -> bool:
+    """Whether the settings module refuses invalid values (everything but a diagnostic command)."""
+    return not _lenient_start
+
+
+@dataclass(frozen=True)
+class InvalidSetting:
+    """A value start-up cannot use: the setting, its raw text, where it came from, what is wrong, and (for
+    rules beyond one value's syntax) how to fix it."""
+
+    name: str
+    raw: str
+    source: str
+    problem: str
+    fix: str = ""
+
+
 @dataclass
 class Resolved:
-    """What start-up resolved: raw text and parsed value per setting, where each came from, and the layers."""
+    """What start-up resolved: raw text and parsed value per setting, where each came from, and the layers.
+
+    Resolved leniently (strict=False), an invalid value is listed in `invalid` and its setting holds the code
+    default in `values`, while `raw` and `sources` keep the value given and where it came from.
+    """
 
     env_file: Path
     env_file_found: bool
@@ -214,6 +262,8 @@ class Resolved:
     raw: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    strict: bool = True
+    invalid: list[InvalidSetting] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -233,11 +283,21 @@ class Resolved:
             OVERRIDE: "a run-time override of Django settings",
         }.get(source, source)
 
+    def reject(self, name: str, problem: str, *, message: str, fix: str = "") -> None:
+        """A value the gateway cannot run with: ImproperlyConfigured(message) when resolved strictly, else one
+        more entry in `invalid`."""
+        if self.strict:
+            raise ImproperlyConfigured(message) from None  # the ValueError behind it says nothing more
+        self.invalid.append(InvalidSetting(name, self.raw.get(name, ""), self.sources.get(name, DEFAULT), problem,
+                                           fix))
 
-def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS) -> Resolved:
+
+def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSpec, ...] = SPECS,
+            strict: bool = True) -> Resolved:
     """Resolve every setting from the OS environment, then the env file (ENV_FILE or ./.env), then the default.
 
-    Raises ImproperlyConfigured naming the variable, its source and what is allowed when a value does not parse.
+    Raises ImproperlyConfigured naming the variable, its source and what is allowed when a value does not parse;
+    with strict=False it lists every such value in `invalid` and uses the code default in its place instead.
     """
     os_env = dict(os.environ if environ_ is None else environ_)
     env_file = Path(os_env.get("ENV_FILE") or BASE_DIR / ".env")
@@ -249,6 +309,7 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
         env_file_found=file_values is not None,
         os_values={s.name: os_env[s.name] for s in specs if s.name in os_env},
         file_values={s.name: file_values[s.name] for s in specs if file_values and s.name in file_values},
+        strict=strict,
     )
     for spec in specs:
         if spec.name in resolved.os_values:
@@ -257,17 +318,22 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
             source, raw = ENV_FILE, resolved.file_values[spec.name]
         else:
             source, raw = DEFAULT, spec.default
+        resolved.raw[spec.name] = raw
+        resolved.sources[spec.name] = source
         try:
-            value = spec.parse(raw)
+            resolved.values[spec.name] = spec.parse(raw)
         except ValueError as exc:
             where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
             shown = "(hidden)" if spec.secret else repr(raw)
-            hint = ""
-            if " #" in raw or "\t#" in raw:
-                hint = (" The value holds an inline comment, which django-environ keeps after an unquoted value: "
-                        "move the comment to its own line or quote the value.")
-            raise ImproperlyConfigured(f"{spec.name}={shown} (from {where}) is invalid: {exc}.{hint}") from None
-        resolved.raw[spec.name] = raw
-        resolved.values[spec.name] = value
-        resolved.sources[spec.name] = source
+            resolved.reject(spec.name, str(exc),
+                            message=f"{spec.name}={shown} (from {where}) is invalid: {exc}.{inline_comment_hint(raw)}")
+            resolved.values[spec.name] = spec.parse(spec.default)
     return resolved
+
+
+def inline_comment_hint(raw: str) -> str:
+    """The sentence that explains an inline comment kept in a value, or ""."""
+    if " #" in raw or "\t#" in raw:
+        return (" The value holds an inline comment, which django-environ keeps after an unquoted value: "
+                "move the comment to its own line or quote the value.")
+    return ""

@@ -1,10 +1,10 @@
 """Django settings for the LLM Gateway. Every tunable value comes from gateway_project.environment."""
 
-from django.core.exceptions import ImproperlyConfigured
+from gateway_project.environment import BASE_DIR, resolve, strict_start
 
-from gateway_project.environment import BASE_DIR, resolve
-
-GATEWAY_ENV = resolve()
+# Strict for the server and every command but a diagnostic one (manage.py check_ollama), which reports invalid
+# values where the others refuse to start.
+GATEWAY_ENV = resolve(strict=strict_start())
 env = GATEWAY_ENV.values
 
 DEBUG = env["DEBUG"]
@@ -13,11 +13,13 @@ DEBUG = env["DEBUG"]
 DEV_SECRET_KEY = "django-insecure-dev-only-never-use-this-key-outside-a-developer-machine"
 SECRET_KEY = env["SECRET_KEY"] or (DEV_SECRET_KEY if DEBUG else "")
 if not DEBUG and (not SECRET_KEY or SECRET_KEY.startswith("django-insecure")):
-    raise ImproperlyConfigured(
-        "SECRET_KEY must be set to a long random value when DEBUG is off, e.g. "
-        "SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(50))'); "
-        "for local development set DEBUG=true instead."
-    )
+    _fix = ("Set SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(50))'); "
+            "for local development set DEBUG=true instead.")
+    GATEWAY_ENV.reject("SECRET_KEY", "it must be set to a long random value when DEBUG is off", fix=_fix,
+                       message=f"SECRET_KEY must be set to a long random value when DEBUG is off, e.g. "
+                               f"{_fix.removeprefix('Set ')}")
+    # Reached only by a diagnostic command, which reports the key and signs nothing with this one.
+    SECRET_KEY = DEV_SECRET_KEY
 ALLOWED_HOSTS = env["ALLOWED_HOSTS"]
 
 # HTTPS behind a TLS-terminating proxy: trust its X-Forwarded-Proto, keep cookies on HTTPS, send HSTS.

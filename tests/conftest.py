@@ -282,10 +282,11 @@ def gateway_env(tmp_path, settings):
     Returns the Resolved; settings.GATEWAY_ENV and the Django settings it feeds are set from it.
     """
 
-    def start(os_values: dict | None = None, env_file: str = ""):
+    def start(os_values: dict | None = None, env_file: str = "", *, strict: bool = True):
         path = tmp_path / ".env"
         path.write_text(env_file or "")
-        resolved = resolve({**(os_values or {}), "ENV_FILE": str(path)})
+        # strict=False starts as `manage.py check_ollama` does: invalid values listed, defaults in their place.
+        resolved = resolve({**(os_values or {}), "ENV_FILE": str(path)}, strict=strict)
         settings.GATEWAY_ENV = resolved
         for name in GATEWAY_SETTINGS:
             setattr(settings, name, resolved.values[name])

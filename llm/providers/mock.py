@@ -66,12 +66,14 @@ class MockStream:
 
 
 def mock_content(request: GenerationRequest) -> str:
-    """The mock's reply text for a request: deterministic, schema-valid in json mode."""
+    """The mock's reply text: deterministic, valid against the request's output schema in json mode, and
+    carrying the payload's values, so that a front end wired up in mock mode sees its payload arrive."""
+    if request.mode == "json" and request.output_schema:
+        return json.dumps(schema_instance(request.output_schema, "mock", echo=payload_text(request.payload)),
+                          ensure_ascii=False)
     digest = hashlib.sha256(
         json.dumps([request.role, request.task, request.payload, request.model], sort_keys=True).encode()
     ).hexdigest()[:16]
-    if request.mode == "json" and request.output_schema:
-        return json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
     if request.mode == "json":
         return json.dumps(
             {"role": request.role, "task": request.task, "payload": request.payload,
@@ -81,23 +83,24 @@ def mock_content(request: GenerationRequest) -> str:
     return f"[mock {digest}] {request.role} would now {request.task} for {json.dumps(request.payload)}"
 
 
-def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
-    prompt_words = sum(len(m["content"].split()) for m in request.messages)
-    return ProviderReply(
-        content=content,
-        model=request.model,
-        prompt_tokens=prompt_words,
-        completion_tokens=len(content.split()),
-        upstream_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+def payload_text(payload) -> str:
+    """The payload's values as one line, in the payload's order: "Green tea, calm"."""
+    if isinstance(payload, dict):
+        return ", ".join(payload_text(value) for value in payload.values())
+    if isinstance(payload, list):
+        return ", ".join(payload_text(item) for item in payload)
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, ensure_ascii=False)
 
 
-def schema_instance(schema: dict, label: str, name: str = ""):
+def schema_instance(schema: dict, label: str, name: str = "", *, echo: str = ""):
     """A small deterministic value that satisfies a JSON Schema of the kinds templates use.
 
     Covers const, enum, anyOf/oneOf (first branch), objects (every property), arrays (minItems, at least one
     item, distinct), strings (min/maxLength), numbers (minimum/maximum), booleans and null. Other keywords
     (pattern, $ref, ...) are not attempted: the gateway validates the reply and says so if it misses.
+    Strings read "[label] name: echo", cut to their maxLength.
     """
     if not isinstance(schema, dict):
         return None
@@ -107,20 +110,21 @@ def schema_instance(schema: dict, label: str, name: str = ""):
         return schema["enum"][0]
     for combinator in ("anyOf", "oneOf", "allOf"):
         if schema.get(combinator):
-            return schema_instance(schema[combinator][0], label, name)
+            return schema_instance(schema[combinator][0], label, name, echo=echo)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
-        return {key: schema_instance(sub, label, f"{name} {key}".strip())
+        return {key: schema_instance(sub, label, f"{name} {key}".strip(), echo=echo)
                 for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
         count = max(schema.get("minItems", 1), 1)
         count = min(count, schema.get("maxItems", count))
         items = schema.get("items", {})
-        return [schema_instance(items, label, f"{name} {index + 1}") for index in range(count)]
+        # The index comes before the echo, so that items stay distinct when maxLength cuts them.
+        return [schema_instance(items, label, f"{name} {index + 1}", echo=echo) for index in range(count)]
     if kind == "string":
-        text = f"[{label}] {name or 'value'}"
+        text = f"[{label}] {name or 'value'}" + (f": {echo}" if echo else "")
         low, high = schema.get("minLength", 0), schema.get("maxLength")
         text = text.ljust(low, ".")
         return text[:high] if high is not None else text
@@ -132,3 +136,14 @@ def schema_instance(schema: dict, label: str, name: str = ""):
     if kind == "boolean":
         return True
     return None
+
+
+def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
+    prompt_words = sum(len(m["content"].split()) for m in request.messages)
+    return ProviderReply(
+        content=content,
+        model=request.model,
+        prompt_tokens=prompt_words,
+        completion_tokens=len(content.split()),
+        upstream_ms=round((time.perf_counter() - started) * 1000, 2),
+    )

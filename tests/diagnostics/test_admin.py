@@ -96,3 +96,14 @@ def test_posting_without_the_csrf_token_is_refused(ollama, staff_user):
     client.force_login(staff_user)
     assert client.post(OLLAMA_PAGE, {"action": "connection"}).status_code == 403
     assert ConnectionCheck.objects.count() == 0
+
+
+def test_the_settings_page_lists_invalid_settings_first(staff_client, gateway_env):
+    gateway_env({"OLLAMA_BASE_URL": "127.0.0.1:11434"}, "", strict=False)
+
+    page = staff_client.get(SETTINGS_PAGE).content.decode()
+
+    assert 'id="invalid-settings"' in page
+    assert ("OLLAMA_BASE_URL=&#x27;127.0.0.1:11434&#x27; (from the OS environment) is invalid: expected an http:// "
+            "or https:// URL") in page
+    assert "unset OLLAMA_BASE_URL" in page

@@ -124,12 +124,15 @@ def manage(*args, env):
                           timeout=60, env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
 
 
-def test_settings_that_do_not_load_end_the_command_with_a_configuration_error(tmp_path):
+def test_settings_that_do_not_load_are_reported_not_a_reason_to_refuse(tmp_path):
+    # Every other command stops with "Configuration error: ..." (tests/gateway_project/test_environment.py);
+    # the diagnosis runs and names the value (tests/diagnostics/test_invalid_settings.py covers every setting).
     (tmp_path / ".env").write_text("OLLAMA_TIMEOUT=soon\n")
 
     result = manage("check_ollama", env={"ENV_FILE": str(tmp_path / ".env"), "OLLAMA_TIMEOUT": None,
-                                         "DJANGO_SETTINGS_MODULE": None})
+                                         "DATABASE_URL": f"sqlite:///{tmp_path}/db", "DJANGO_SETTINGS_MODULE": None})
 
     assert result.returncode == 1
-    assert result.stderr.startswith(f"Configuration error: OLLAMA_TIMEOUT='soon' (from {tmp_path / '.env'}) is invalid")
+    assert "FAILED: invalid_setting" in result.stdout
+    assert f"  Cause: OLLAMA_TIMEOUT='soon' (from {tmp_path / '.env'}) is invalid" in result.stdout
     assert "Traceback" not in result.stderr

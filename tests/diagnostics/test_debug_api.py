@@ -110,3 +110,35 @@ def test_a_timeout_that_is_not_a_number_is_a_400(client, staff, ollama):
 
 def test_only_get_is_allowed(client, staff, ollama):
     assert_error(client.post(OLLAMA_URL, **staff), 405, "method_not_allowed")
+
+
+def test_invalid_settings_are_listed_as_check_ollama_lists_them(client, staff, gateway_env, ollama):
+    # Resolved as `manage.py check_ollama` resolves (the server itself would not have started).
+    gateway_env({"OLLAMA_BASE_URL": ollama.url, "COMFYUI_BASE_URL": "comfyui:8188"}, "OLLAMA_TIMEOUT=soon\n",
+                strict=False)
+
+    listed = client.get(SETTINGS_URL, **staff).json()
+    checked = client.get(OLLAMA_URL, **staff).json()
+
+    assert [(e["code"], e["setting"], e["value"], e["source"]) for e in listed["invalid_settings"]] == [
+        ("invalid_setting", "OLLAMA_TIMEOUT", "soon", "env_file"),
+        ("invalid_setting", "COMFYUI_BASE_URL", "comfyui:8188", "environment")]
+    assert checked["invalid_settings"] == listed["invalid_settings"]
+    assert checked["success"] is False and checked["cause"] == listed["invalid_settings"][0]
+    assert checked["error"]["type"] == "invalid_setting"
+    # The table shows the value as written, not the default that stands in for it.
+    assert {s["name"]: s["value"] for s in listed["settings"]}["OLLAMA_TIMEOUT"] == "soon"
+
+
+def test_a_value_overridden_at_run_time_that_does_not_parse_is_listed(client, staff, settings):
+    settings.OLLAMA_TIMEOUT = 0
+
+    body = client.get(SETTINGS_URL, **staff).json()
+
+    assert body["invalid_settings"] == [{
+        "code": "invalid_setting", "setting": "OLLAMA_TIMEOUT", "value": "0", "source": "override",
+        "message": "OLLAMA_TIMEOUT='0' (from a run-time override of Django settings) is invalid: expected a number "
+                   "greater than 0.",
+        "fix": "Correct OLLAMA_TIMEOUT where the code or settings module sets it after start-up. OLLAMA_TIMEOUT: "
+               "seconds to wait for Ollama's reply (read timeout).",
+    }]

@@ -103,3 +103,42 @@ def test_every_concurrent_request_leaves_exactly_one_row(generate, valid_request
     rows = {str(pk): status for pk, status in Generation.objects.values_list("id", "status")}
     assert set(rows) == ids
     assert sorted(rows.values()).count("failed") == 5
+
+
+# -- whatever the client accepts ---------------------------------------------------------------------------------
+# The endpoint answers JSON only; a client that asks for something else still gets its JSON (not a 406 before
+# any row exists), and its attempt is audited like every other.
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("accept", ["text/html", "image/png", "text/html;q=0.9, application/xml", "*/*;q=0"])
+def test_any_accept_header_gets_the_json_answer_and_one_row(generate, valid_request, accept):
+    response = generate(valid_request, HTTP_ACCEPT=accept)
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["output"]["caption"].startswith("[mock]")
+    row = Generation.objects.get()
+    assert str(row.id) == body["id"] == response["X-Request-ID"]
+    assert row.status == Generation.Status.SUCCEEDED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("accept", ["text/html", "image/png"])
+def test_a_refused_request_with_any_accept_header_gets_the_json_error_and_one_row(generate, valid_request, accept):
+    response = generate(valid_request, key=None, HTTP_ACCEPT=accept)
+
+    assert_error(response, 401, "not_authenticated")
+    row = Generation.objects.get()
+    assert str(row.id) == response["X-Request-ID"] and row.http_status == 401
+
+
+@pytest.mark.django_db
+def test_a_format_query_parameter_does_not_change_the_answer(client, api_key, shipped_templates, valid_request):
+    response = client.post("/api/v1/llm/generate?format=html", data=valid_request, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert Generation.objects.count() == 1

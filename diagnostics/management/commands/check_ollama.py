@@ -11,7 +11,8 @@ from diagnostics.services import run_connection_check
 
 class Command(BaseCommand):
     help = ("Check the configured Ollama step by step (DNS, TCP, /api/version, /api/tags, the model) and name the "
-            "cause and fix of a failure. Exits 0 when the check passes, 1 when it fails.")
+            "cause and fix of a failure, judged by the gateway's own settings and timeouts. Runs even when a "
+            "setting is invalid, and reports it. Exits 0 when the check passes, 1 when it fails.")
     # The command prints the settings warnings itself, in its report; a diagnosis must also run when another
     # system check fails.
     requires_system_checks = []
@@ -48,6 +49,11 @@ class Command(BaseCommand):
             out.write(self.style.ERROR(f"FAILED: {report.cause.code}"))
             out.write(f"  Cause: {report.cause.message}")
             out.write(f"  Fix:   {report.cause.fix}")
+            for error in report.invalid_settings[1:]:
+                # The first is the cause; an operator fixing one value at a time would otherwise rerun for each.
+                out.write(self.style.ERROR(f"Also invalid: {error.setting}"))
+                out.write(f"  Cause: {error.message}")
+                out.write(f"  Fix:   {error.fix}")
         else:
             out.write(self.style.SUCCESS(f"OK in {report.elapsed_ms:.0f} ms"))
         if report.warnings:

@@ -1,0 +1,102 @@
+"""The mock provider's content: deterministic, valid against the template's schema, and echoing the payload."""
+
+import json
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from llm.models import PromptTemplateVersion
+from llm.providers.base import GenerationRequest
+from llm.providers.mock import mock_content, payload_text
+
+SNS_PAYLOAD = {"product": "Green tea", "tone": "calm"}
+
+
+def request(**fields):
+    base = {"role": "copywriter", "task": "sns", "payload": SNS_PAYLOAD, "mode": "json", "model": "qwen2.5:7b",
+            "messages": [{"role": "user", "content": "Write."}], "output_schema": None}
+    return GenerationRequest(**{**base, **fields})
+
+
+def strings(value):
+    """Every string in a JSON value."""
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def fixed_values(schema):
+    """The enum and const values anywhere in a schema."""
+    if isinstance(schema, dict):
+        found = list(schema.get("enum") or []) + ([schema["const"]] if "const" in schema else [])
+        return found + [v for item in schema.values() for v in fixed_values(item)]
+    if isinstance(schema, list):
+        return [v for item in schema for v in fixed_values(item)]
+    return []
+
+
+def test_json_output_carries_the_payload_values(generate, valid_request):
+    # What a front-end developer wiring up mock mode sees: the payload came through.
+    output = generate(valid_request).json()["output"]
+
+    assert output["caption"] == "[mock] caption: Green tea, calm"
+    assert output["hashtags"][0] == "[mock] hashtags 1: Green tea, calm"
+    assert output["call_to_action"] == "[mock] call_to_action: Green tea, calm"
+
+
+@pytest.mark.parametrize("role, task", [("copywriter", "sns"), ("copywriter", "product_description"),
+                                        ("copywriter", "ad_headline"), ("marketer", "campaign_brief")])
+def test_every_shipped_template_gets_valid_output_that_echoes_its_sample_payload(shipped_templates, role, task):
+    version = PromptTemplateVersion.objects.get(template__role=role, template__task=task)
+    payload = version.template.sample_payload
+
+    output = json.loads(mock_content(request(role=role, task=task, payload=payload,
+                                             output_schema=version.output_schema)))
+
+    Draft202012Validator(version.output_schema).validate(output)
+    # Every free-text string has room for the start of the payload's values (the shortest maxLength is 60);
+    # enum and const strings are the schema's own.
+    free = [text for text in strings(output) if text not in fixed_values(version.output_schema)]
+    assert free and all(payload_text(payload)[:20] in text for text in free), free
+
+
+def test_strings_are_cut_to_their_max_length_and_items_stay_distinct():
+    schema = {"type": "object", "properties": {
+        "short": {"type": "string", "maxLength": 12},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 16}, "minItems": 3, "uniqueItems": True}},
+        "required": ["short", "tags"]}
+
+    output = json.loads(mock_content(request(payload={"product": "A very long product name"},
+                                             output_schema=schema)))
+
+    Draft202012Validator(schema).validate(output)
+    assert output["short"] == "[mock] short"
+    assert output["tags"] == ["[mock] tags 1: A", "[mock] tags 2: A", "[mock] tags 3: A"]
+
+
+def test_non_string_values_and_lists_are_echoed_as_text():
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}}}
+    payload = {"product": "Tea", "features": ["organic", "20 bags"], "price": 4.5, "gift": True}
+
+    output = json.loads(mock_content(request(payload=payload, output_schema=schema)))
+
+    assert output == {"summary": "[mock] summary: Tea, organic, 20 bags, 4.5, true"}
+
+
+def test_the_same_request_gets_the_same_content_and_another_payload_other_content():
+    schema = {"type": "object", "properties": {"caption": {"type": "string"}}}
+
+    assert mock_content(request(output_schema=schema)) == mock_content(request(output_schema=schema))
+    assert mock_content(request(output_schema=schema)) != mock_content(
+        request(output_schema=schema, payload={"product": "Coffee", "tone": "calm"}))
+
+
+@pytest.mark.parametrize("mode, schema", [("text", None), ("json", None)])
+def test_text_and_schemaless_json_carry_the_payload_too(mode, schema):
+    content = mock_content(request(mode=mode, output_schema=schema))
+
+    assert "Green tea" in content and "calm" in content
+    if mode == "json":
+        assert json.loads(content)["payload"] == SNS_PAYLOAD
