@@ -75,7 +75,7 @@ def test_a_generation_that_uses_most_of_the_timeout_passes_with_a_warning(slow_m
                for w in report.warnings)
 
 
-def test_a_generation_slower_than_the_deadline_fails_the_check(slow_model, settings):
+def test_a_generation_slower_than_the_deadline_fails_the_check(slow_model, settings, generate, valid_request):
     settings.OLLAMA_TIMEOUT = 10
     settings.GENERATION_DEADLINE = 1
 
@@ -85,6 +85,9 @@ def test_a_generation_slower_than_the_deadline_fails_the_check(slow_model, setti
     assert report.cause.extra["setting"] == "GENERATION_DEADLINE"
     assert "the gateway waits at most 1s (GENERATION_DEADLINE)" in report.cause.message
     assert "Raise GENERATION_DEADLINE" in report.cause.fix
+    # What the check predicted:
+    error = assert_error(generate(valid_request), 504, "upstream_timeout")
+    assert "GENERATION_DEADLINE" in error["message"]
 
 
 def test_no_reply_within_a_wait_longer_than_the_gateway_s_is_a_gateway_timeout(ollama, settings):
