@@ -109,7 +109,7 @@ def generate(client, api_key, shipped_templates):
 
 
 @pytest.fixture
-def live_generate(live_server, api_key, shipped_templates):
+def live_generate(site, api_key, shipped_templates):
     """POST a generation request to the live server over a real socket, as a browser test's API consumer does.
 
     (The test client would run the async request path in the test's thread, where Playwright's loop runs.)
@@ -117,7 +117,7 @@ def live_generate(live_server, api_key, shipped_templates):
     import httpx
 
     def post(body, *, key=api_key):
-        return httpx.post(f"{live_server.url}{GENERATE_URL}", json=body, timeout=10, trust_env=False,
+        return httpx.post(f"{site.url}{GENERATE_URL}", json=body, timeout=10, trust_env=False,
                           headers={"Authorization": f"Bearer {key}"} if key else {})
 
     return post
@@ -145,10 +145,10 @@ class LiveGateway:
                                  headers={"Authorization": f"Bearer {self.key}"}, **kwargs)
 
 
-@pytest.fixture
-def gateway(transactional_db, settings, api_key, shipped_templates):
+@contextmanager
+def serving_asgi():
     """The gateway's ASGI application under uvicorn on a loopback port, in this process, as production runs it:
-    one event loop, database steps in their bounded thread pool (committed data: the test is transactional)."""
+    one event loop, sync views (the admin) through Django's sync thread, database steps in their bounded pool."""
     import socket
     import threading
 
@@ -156,7 +156,6 @@ def gateway(transactional_db, settings, api_key, shipped_templates):
 
     from gateway_project.asgi import application
 
-    settings.DB_STEPS_IN_CALLER_THREAD = False
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -168,10 +167,31 @@ def gateway(transactional_db, settings, api_key, shipped_templates):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.started, "uvicorn did not start"
-    yield LiveGateway(f"http://127.0.0.1:{port}", api_key)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def gateway(transactional_db, settings, api_key, shipped_templates):
+    """The gateway served over a real socket (committed data: the test is transactional)."""
+    settings.DB_STEPS_IN_CALLER_THREAD = False
+    with serving_asgi() as url:
+        yield LiveGateway(url, api_key)
+
+
+@pytest.fixture
+def site(transactional_db, settings):
+    """What pytest-django's live_server is to a browser test, but the production ASGI server instead of Django's
+    threaded WSGI one: the browser tests click through the admin as it is served in production."""
+    from types import SimpleNamespace
+
+    settings.DB_STEPS_IN_CALLER_THREAD = False
+    with serving_asgi() as url:
+        yield SimpleNamespace(url=url)
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
@@ -256,15 +276,15 @@ def staff_user(django_user_model):
 
 
 @pytest.fixture
-def admin_login(page, live_server, staff_user):
+def admin_login(page, site, staff_user):
     """Log the browser in to the admin as the staff user."""
 
     def login():
-        page.goto(f"{live_server.url}/admin/login/")
+        page.goto(f"{site.url}/admin/login/")
         page.fill("#id_username", "operator")
         page.fill("#id_password", "correct-horse-battery")
         page.click("input[type=submit]")
-        page.wait_for_url(f"{live_server.url}/admin/")
+        page.wait_for_url(f"{site.url}/admin/")
         return page
 
     return login

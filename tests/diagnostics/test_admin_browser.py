@@ -10,7 +10,7 @@ from diagnostics.models import ConnectionCheck
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_staff_test_the_connection_and_see_the_result_and_the_history_row(admin_login, live_server, ollama):
+def test_staff_test_the_connection_and_see_the_result_and_the_history_row(admin_login, site, ollama):
     page = admin_login()
     section = page.locator(".app-diagnostics")
     expect(section).to_contain_text("Diagnostics")

@@ -10,7 +10,7 @@ from llm.models import Generation
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_staff_filter_the_history_and_open_a_generation(admin_login, live_server, live_generate, valid_request):
+def test_staff_filter_the_history_and_open_a_generation(admin_login, site, live_generate, valid_request):
     live_generate(valid_request)  # a real generation through the API (mock mode)
     live_generate({"role": "copywriter"})  # and a failed one
     ok = Generation.objects.get(status="succeeded")

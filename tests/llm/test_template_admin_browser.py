@@ -19,7 +19,7 @@ def editor(staff_user):
     return staff_user
 
 
-def test_preview_edit_and_trace_a_template(admin_login, editor, live_server, shipped_templates, live_generate,
+def test_preview_edit_and_trace_a_template(admin_login, editor, site, shipped_templates, live_generate,
                                            valid_request):
     page = admin_login()
     page.get_by_role("link", name="Prompt templates").click()
@@ -58,7 +58,7 @@ def test_preview_edit_and_trace_a_template(admin_login, editor, live_server, shi
     response = live_generate({**valid_request, "payload": {**valid_request["payload"], "audience": "runners"}})
     assert response.status_code == 200
     row = Generation.objects.get()
-    page.goto(f"{live_server.url}/admin/llm/generation/{row.id}/change/")
+    page.goto(f"{site.url}/admin/llm/generation/{row.id}/change/")
     page.get_by_role("link", name="copywriter/sns v2").click()
     expect(page.locator("#content")).to_contain_text("A {tone} post about {product} for {audience}.")
     expect(page.locator("#content")).to_contain_text("operator")
