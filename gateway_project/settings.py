@@ -49,6 +49,7 @@ RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
 REDACT_KEYS = env["REDACT_KEYS"]
+AUDIT_RETENTION_DAYS = env["AUDIT_RETENTION_DAYS"]
 
 INSTALLED_APPS = [
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site
