@@ -14,6 +14,7 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
 from llm import api_keys, dashboard, prompt_templates
@@ -401,13 +402,13 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     """
 
     # What a reviewer scans for; the rest is on the detail page.
-    list_display = ("created_at", "status", "consumer", "role_task", "model", "latency_ms", "error_type")
+    list_display = ("created", "status", "consumer", "role_task", "model", "latency", "error")
     list_filter = ("status", "consumer", indexed_values_filter("provider", "provider"),
                    indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
                    indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
     list_select_related = ("consumer",)
     # Any other sort would read the whole table.
-    sortable_by = ("created_at",)
+    sortable_by = ("created",)
     search_fields = ("=id",)
     search_help_text = "Search by generation id: the X-Request-ID of the response, or an OpenAI chatcmpl-… id."
     ordering = ("-created_at",)
@@ -438,9 +439,28 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         except ValueError:
             return queryset.none(), False
 
+    class Media:
+        css = {"all": ("llm/generations.css",)}
+
+    @admin.display(description="Created (UTC)", ordering="created_at")
+    def created(self, obj):
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
     @admin.display(description="Role / task")
     def role_task(self, obj):
-        return f"{obj.role}/{obj.task}" if obj.role or obj.task else "—"
+        # <wbr>: a long task name may wrap after the slash instead of widening the table.
+        return format_html("{}/<wbr>{}", obj.role, obj.task) if obj.role or obj.task else "—"
+
+    @admin.display(description="Error type")
+    def error(self, obj):
+        # Error types are snake_case: let them wrap after an underscore, like the task after its slash.
+        return format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in obj.error_type.split("_"))) or "—"
+
+    @admin.display(description="Latency", ordering="latency_ms")
+    def latency(self, obj):
+        if obj.latency_ms is None:
+            return "—"
+        return f"{obj.latency_ms:.0f} ms" if obj.latency_ms < 10_000 else f"{obj.latency_ms / 1000:.1f} s"
 
     # -- the usage dashboard --
 
