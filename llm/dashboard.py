@@ -29,7 +29,7 @@ def context(query) -> dict:
     model = None if model == ALL_MODELS else model
     now = timezone.now()
     shown = usage(now=now, consumer_id=consumer_id, model=model, days=DAYS)
-    models = sorted(set(UsageHour.objects.filter(hour__gte=shown.days[0][0]).values_list("model", flat=True))
+    models = sorted(set(UsageHour.objects.filter(hour__gte=shown.days[0][0]).values_list("model", flat=True).distinct())
                     | {name for name, _ in shown.models} | ({model} if model is not None else set()))
 
     def list_url(*, consumer=consumer_id, model_name=model, since: datetime, until: datetime | None = None) -> str:
@@ -53,6 +53,7 @@ def context(query) -> dict:
         "selected_consumer": consumer_id,
         "selected_model": model,
         "live_since": shown.live_since,
+        "missing": shown.missing,
         "totals": [("Last 24 hours", shown.total_24h, list_url(since=shown.hours[0][0])),
                    ("Last 30 days", shown.total_30d, list_url(since=first_day))],
         "charts": [

@@ -18,6 +18,9 @@ from django.utils import timezone
 from llm.models import LATENCY_BOUNDS_MS, Generation, UsageHour, UsageRollupState
 
 HOUR = timedelta(hours=1)
+# The most raw rows a dashboard view counts itself. rollup_usage, run every minute, leaves just over an hour
+# unfolded; a longer gap means it is not running, and the dashboard says so instead of scanning days of rows.
+LIVE_WINDOW = timedelta(hours=3)
 # A fold commits every this many hours, so a long backfill neither holds the write lock for long nor starts over.
 FOLD_BATCH = timedelta(hours=24)
 Status = Generation.Status
@@ -193,7 +196,9 @@ class Usage:
     total_30d: Tally
     consumers: list[tuple[int | None, Tally]]
     models: list[tuple[str, Tally]]
-    live_since: datetime | None
+    live_since: datetime
+    # (from, to) of the hours neither folded nor counted live, when rollup_usage has fallen behind.
+    missing: tuple[datetime | None, datetime] | None
 
 
 def usage(*, now: datetime | None = None, consumer_id: int | None = None, model: str | None = None,
@@ -201,7 +206,7 @@ def usage(*, now: datetime | None = None, consumer_id: int | None = None, model:
     """The last 24 hours by hour and the last `days` days by day, from the rollup and the rows not folded yet.
 
     The unfolded rows are at most the last hour and the longest a request takes (see rollup_usage), read
-    through the created_at index, so the cost does not grow with the table.
+    through the created_at index, so the cost does not grow with the table; never more than LIVE_WINDOW.
     """
     now = now or timezone.now()
     this_hour = floor_hour(now)
@@ -210,14 +215,16 @@ def usage(*, now: datetime | None = None, consumer_id: int | None = None, model:
     first_day = today - timedelta(days=days - 1)
 
     rolled = UsageHour.objects.filter(hour__gte=first_day)
-    live_since = folded_until()
-    live = Generation.objects.filter(created_at__gte=max(live_since or first_day, first_day))
+    folded = folded_until()
+    live_since = max(folded or now - LIVE_WINDOW, now - LIVE_WINDOW)
+    missing = (folded, live_since) if folded is None or folded < live_since else None
+    live = Generation.objects.filter(created_at__gte=live_since)
     if consumer_id is not None:
         rolled, live = rolled.filter(consumer_id=consumer_id), live.filter(consumer_id=consumer_id)
     if model is not None:
         rolled, live = rolled.filter(model=model), live.filter(model=model)
-    if live_since is not None:
-        rolled = rolled.filter(hour__lt=live_since)
+    if folded is not None:
+        rolled = rolled.filter(hour__lt=folded)
     rows = list(rolled.values(*ROLLUP_FIELDS)) + _aggregate(live)
 
     hours = {first_hour + timedelta(hours=i): Tally() for i in range(24)}
@@ -239,4 +246,4 @@ def usage(*, now: datetime | None = None, consumer_id: int | None = None, model:
     by_requests = lambda item: -item[1].requests  # noqa: E731
     return Usage(hours=list(hours.items()), days=list(day_tallies.items()), total_24h=total_24h,
                  total_30d=total_30d, consumers=sorted(consumers.items(), key=by_requests),
-                 models=sorted(models.items(), key=by_requests), live_since=live_since)
+                 models=sorted(models.items(), key=by_requests), live_since=live_since, missing=missing)

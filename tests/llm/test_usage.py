@@ -117,3 +117,22 @@ def test_first_run_backfills_from_the_oldest_row():
     out = rollup()
     assert UsageHour.objects.get().hour == datetime(2025, 1, 1, 12, tzinfo=dt_timezone.utc)
     assert int(out.split()[1]) > 24 * 300
+
+
+def test_without_the_rollup_the_dashboard_counts_a_bounded_window_and_says_what_is_missing(client, staff_user):
+    now = timezone.now()
+    make(now - timedelta(days=3))  # only in a rollup that was never run
+    make(now - timedelta(minutes=10))
+
+    shown = usage.usage(now=now)
+    assert shown.total_30d.requests == 1
+    assert shown.missing == (None, now - usage.LIVE_WINDOW)
+
+    client.force_login(staff_user)
+    html = client.get("/admin/llm/generation/usage/").content.decode()
+    assert "The usage rollup is empty" in html and "rollup_usage" in html
+
+    rollup()
+    shown = usage.usage(now=now)
+    assert shown.total_30d.requests == 2 and shown.missing is None
+    assert "The usage rollup" not in client.get("/admin/llm/generation/usage/").content.decode()
