@@ -7,7 +7,7 @@
 Method
     1. A fresh database is migrated (SQLite file, or the PostgreSQL database named by --database, dropped and
        created again; never anything else).
-    2. N generation rows are written with bulk statements (SQLite: executemany in transactions of 50,000;
+    2. N generation rows are written oldest first with bulk statements (SQLite: executemany in transactions of 50,000;
        PostgreSQL: COPY), not the ORM row by row. They are spread over the last DAYS days, newest densest at
        office hours, with the shipped templates' request/prompt/output JSON (≈2 KB a row), 8 consumers,
        3 models, ~6 % failed with several error types, a few rows left pending by "dead" processes, and
@@ -102,18 +102,21 @@ def fill(n: int, *, now: datetime) -> dict:
     span = DAYS * 86400
     vendor = connection.vendor
 
-    def rows():
-        # Ages skewed so that recent days are busier (and each day has an office-hours peak).
-        for i in range(n):
-            age = span * (1 - rng.random() ** 1.3)
-            created = now - timedelta(seconds=age)
-            hour = created.hour
-            if 7 <= hour <= 18 or rng.random() < 0.35:
-                pass
-            else:
+    def moments():
+        # Ages skewed so that recent days are busier, with an office-hours peak; written oldest first, as the
+        # gateway writes them, so that old rows sit together at the start of the table as they would.
+        stamps = []
+        for _ in range(n):
+            created = now - timedelta(seconds=span * (1 - rng.random() ** 1.3))
+            if not (7 <= created.hour <= 18 or rng.random() < 0.35):
                 created -= timedelta(hours=rng.randint(1, 6))
-            if created > now:
-                created = now - timedelta(seconds=rng.random() * 60)
+            stamps.append(created)
+        stamps.sort()
+        return stamps
+
+    def rows():
+        for created in moments():
+            age = (now - created).total_seconds()
             version, request, request_bytes, prompt, output = rng.choice(shapes)
             model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
             roll = rng.random()

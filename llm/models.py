@@ -321,6 +321,9 @@ class Generation(models.Model):
 # Percentiles cannot be averaged across hours, but bucket counts can be added, and a percentile read from the
 # sum is off by at most one bucket's width (about a third of the value with these bounds).
 LATENCY_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2000, 4000, 8000, 15000, 30000, 60000, 120000)
+# One column per bucket, not a JSON list, so that the database adds up a month of hours by itself.
+LATENCY_BUCKET_FIELDS = (*(f"latency_le_{bound}ms" for bound in LATENCY_BOUNDS_MS),
+                         f"latency_over_{LATENCY_BOUNDS_MS[-1]}ms")
 
 
 class UsageHour(models.Model):
@@ -342,14 +345,31 @@ class UsageHour(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     latency_count = models.PositiveIntegerField(default=0, help_text="Requests with a latency (finished ones).")
     latency_sum_ms = models.FloatField(default=0)
-    # One count per bucket of LATENCY_BOUNDS_MS, then the overflow bucket.
-    latency_buckets = models.JSONField(default=list)
+    # The histogram: requests per latency bucket (LATENCY_BUCKET_FIELDS).
+    latency_le_25ms = models.PositiveIntegerField(default=0)
+    latency_le_50ms = models.PositiveIntegerField(default=0)
+    latency_le_100ms = models.PositiveIntegerField(default=0)
+    latency_le_250ms = models.PositiveIntegerField(default=0)
+    latency_le_500ms = models.PositiveIntegerField(default=0)
+    latency_le_1000ms = models.PositiveIntegerField(default=0)
+    latency_le_2000ms = models.PositiveIntegerField(default=0)
+    latency_le_4000ms = models.PositiveIntegerField(default=0)
+    latency_le_8000ms = models.PositiveIntegerField(default=0)
+    latency_le_15000ms = models.PositiveIntegerField(default=0)
+    latency_le_30000ms = models.PositiveIntegerField(default=0)
+    latency_le_60000ms = models.PositiveIntegerField(default=0)
+    latency_le_120000ms = models.PositiveIntegerField(default=0)
+    latency_over_120000ms = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [models.Index(fields=["hour"], name="usage_hour")]
 
     def __str__(self):
         return f"{self.hour:%Y-%m-%d %H:00} {self.consumer_id or '-'} {self.model or '-'}: {self.requests}"
+
+    @property
+    def latency_buckets(self) -> list[int]:
+        return [getattr(self, name) for name in LATENCY_BUCKET_FIELDS]
 
 
 class UsageRollupState(models.Model):

@@ -41,8 +41,8 @@ def test_folds_finished_hours_once_and_again_changes_nothing():
     assert sum(mine.latency_buckets) == 2 and len(mine.latency_buckets) == len(LATENCY_BOUNDS_MS) + 1
 
     def snapshot():
-        return list(UsageHour.objects.order_by("model").values_list("hour", "consumer_id", "model", "requests",
-                                                                    "latency_buckets"))
+        return [(r.hour, r.consumer_id, r.model, r.requests, r.latency_buckets)
+                for r in UsageHour.objects.order_by("model")]
 
     before = snapshot()
     assert rollup().startswith("Folded 0 hours")
