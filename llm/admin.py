@@ -364,6 +364,10 @@ class CappedPaginator(Paginator):
         # -1: never analysed yet.
         return int(found[0]) if found and found[0] > 0 else None
 
+    @property
+    def estimate_text(self) -> str:
+        return f"{self.estimate:,}" if self.estimate else ""
+
 
 def distinct_values(model, column: str, *, limit: int = 100) -> list:
     """A column's distinct values, read by jumping from one value to the next in an index that starts with
