@@ -31,9 +31,9 @@ def floor_hour(moment: datetime) -> datetime:
 
 
 def _state(*, lock: bool) -> UsageRollupState:
-    rows = UsageRollupState.objects.select_for_update() if lock else UsageRollupState.objects
-    state = rows.filter(pk=1).first()
-    return state or UsageRollupState.objects.create(pk=1)
+    # get_or_create: two first runs at once must not both insert the row.
+    state, _ = UsageRollupState.objects.get_or_create(pk=1)
+    return UsageRollupState.objects.select_for_update().get(pk=1) if lock else state
 
 
 def folded_until() -> datetime | None:
