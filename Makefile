@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1:8000
 
-.PHONY: run test setup secret-key migrate chromium wrk bench clean
+.PHONY: run test setup secret-key migrate chromium wrk bench bench-admin clean
 
 $(BIN)/.requirements: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ wrk:
 
 bench: $(BIN)/.requirements wrk
 	$(BIN)/python bench/load.py
+
+# The admin, the usage dashboard and prune_audit at 1M audit rows (N=100000 for a quick run).
+bench-admin: $(BIN)/.requirements
+	$(BIN)/python bench/admin_scale.py -n $${N:-1000000}
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

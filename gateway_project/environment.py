@@ -200,6 +200,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,
                 help="payload keys whose values are masked before they are stored or sent to a model"),
+    SettingSpec("AUDIT_RETENTION_DAYS", "90", _integer(0, 100 * 365),
+                help="days prune_audit keeps generations and connection checks (their usage rollup stays); "
+                     "0: keep everything"),
     SettingSpec("METRICS_TOKEN", "", _token, secret=True,
                 help="bearer token the Prometheus scraper sends to GET /metrics; empty: only staff users may read it"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),

@@ -56,6 +56,7 @@ RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
 REDACT_KEYS = env["REDACT_KEYS"]
+AUDIT_RETENTION_DAYS = env["AUDIT_RETENTION_DAYS"]
 # GET /metrics: the scraper's bearer token; empty: staff users only.
 METRICS_TOKEN = env["METRICS_TOKEN"]
 

@@ -6,14 +6,18 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import connection
 from django.db.models import Count, Max
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
+from django.utils.functional import cached_property
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
-from llm import api_keys, prompt_templates
+from llm import api_keys, dashboard, prompt_templates
 from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
 
@@ -332,28 +336,99 @@ class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
         return _pretty(shown["messages"])
 
 
+class CappedPaginator(Paginator):
+    """Counts at most CAP rows, through the index, instead of every matching row on each page view.
+
+    Pages beyond CAP / per page cannot be reached: past that, a filter or a search narrows the list faster
+    than paging does. Unfiltered on PostgreSQL, the planner's row estimate says roughly how many there are.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self):
+        rows = self.object_list
+        counted = rows.order_by()[: self.CAP + 1].count()  # SELECT COUNT(*) FROM (SELECT … LIMIT CAP + 1)
+        self.capped = counted > self.CAP
+        return min(counted, self.CAP)
+
+    @cached_property
+    def estimate(self) -> int | None:
+        """About how many rows the whole table holds, without counting them; None where unknown."""
+        rows = self.object_list
+        if not getattr(self, "capped", False) or rows.query.where or connection.vendor != "postgresql":
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [rows.model._meta.db_table])
+            found = cursor.fetchone()
+        # -1: never analysed yet.
+        return int(found[0]) if found and found[0] > 0 else None
+
+    @property
+    def estimate_text(self) -> str:
+        return f"{self.estimate:,}" if self.estimate else ""
+
+
+def distinct_values(model, column: str, *, limit: int = 100) -> list:
+    """A column's distinct values, read by jumping from one value to the next in an index that starts with
+    the column: one index probe per value, where SELECT DISTINCT reads every row."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    name = connection.ops.quote_name(model._meta.get_field(column).column)
+    sql = (f"WITH RECURSIVE v(x) AS (SELECT MIN({name}) FROM {table} "
+           f"UNION ALL SELECT (SELECT MIN({name}) FROM {table} WHERE {name} > v.x) FROM v WHERE v.x IS NOT NULL) "
+           f"SELECT x FROM v WHERE x IS NOT NULL LIMIT %s")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+class IndexedValuesFilter(admin.SimpleListFilter):
+    """A filter on a column's values, its choices read through the column's index (see distinct_values)."""
+
+    def lookups(self, request, model_admin):
+        return [(value, value or "(none)") for value in distinct_values(model_admin.model, self.parameter_name)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(**{self.parameter_name: value})
+
+
+def indexed_values_filter(column: str, title: str) -> type[IndexedValuesFilter]:
+    return type(f"{column.title()}Filter", (IndexedValuesFilter,), {"parameter_name": column, "title": title})
+
+
 @admin.register(Generation)
 class GenerationAdmin(StaffReadOnlyAdmin):
-    """Read-only generation history: an audit log is reviewed here, never edited, by anyone."""
+    """Read-only generation history: an audit log is reviewed here, never edited, by anyone.
 
-    list_display = ("created_at", "status", "http_status", "consumer", "role", "task", "provider", "model", "mode",
-                    "latency_ms", "attempts", "prompt_tokens", "completion_tokens", "error_type")
-    list_filter = ("status", "consumer", "provider", "mode", "model", "error_type",
-                   ("created_at", admin.DateFieldListFilter))
+    Built for millions of rows: no full count, filter choices and pages read through indexes that match
+    the filters and the ordering (see Generation.Meta.indexes), sorting only by time.
+    """
+
+    # What a reviewer scans for; the rest is on the detail page.
+    list_display = ("created", "status", "consumer", "role_task", "model", "latency", "error")
+    list_filter = ("status", "consumer", indexed_values_filter("provider", "provider"),
+                   indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
+                   indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
     list_select_related = ("consumer",)
+    # Any other sort would read the whole table.
+    sortable_by = ("created",)
     search_fields = ("=id",)
-    search_help_text = "Search by generation id (the X-Request-ID of the response)."
+    search_help_text = "Search by generation id: the X-Request-ID of the response, or an OpenAI chatcmpl-… id."
     ordering = ("-created_at",)
     # Counting millions of rows on every page view is what makes log admins slow.
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedPaginator
     list_per_page = 50
     fieldsets = (
         (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "role", "task", "template_version_link", "mode",
-                                "provider", "model", "client_ip", "user_agent", "request_bytes", "request_json")}),
+                                "stream", "provider", "model", "client_ip", "user_agent", "request_bytes",
+                                "request_json")}),
         ("Prompt sent upstream", {"fields": ("prompt_json",)}),
         ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
-                                "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
+                                "prompt_tokens", "completion_tokens", "attempts", "latency_ms", "first_token_ms",
                                 "upstream_ms")}),
     )
 
@@ -361,10 +436,53 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
+        # The OpenAI dialect answers with chatcmpl-<the row's id>.
+        term = term.removeprefix("chatcmpl-")
         try:
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
             return queryset.none(), False
+
+    class Media:
+        css = {"all": ("llm/generations.css",)}
+
+    @admin.display(description="Created (UTC)", ordering="created_at")
+    def created(self, obj):
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="Role / task")
+    def role_task(self, obj):
+        # <wbr>: a long task name may wrap after the slash instead of widening the table.
+        return format_html("{}/<wbr>{}", obj.role, obj.task) if obj.role or obj.task else "—"
+
+    @admin.display(description="Error type")
+    def error(self, obj):
+        # Error types are snake_case: let them wrap after an underscore, like the task after its slash.
+        return format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in obj.error_type.split("_"))) or "—"
+
+    @admin.display(description="Latency", ordering="latency_ms")
+    def latency(self, obj):
+        if obj.latency_ms is None:
+            return "—"
+        return f"{obj.latency_ms:.0f} ms" if obj.latency_ms < 10_000 else f"{obj.latency_ms / 1000:.1f} s"
+
+    # -- the usage dashboard --
+
+    def get_urls(self):
+        dashboard = path("usage/", self.admin_site.admin_view(self.usage_view), name="llm_usage")
+        return [dashboard, *super().get_urls()]
+
+    def index_pages(self, request):
+        """The dashboard's entry in the LLM section of the admin index (see GatewayAdminSite.get_app_list)."""
+        return [{"name": "Usage dashboard", "object_name": "Usage", "model": None, "perms": {"view": True},
+                 "admin_url": reverse("admin:llm_usage"), "add_url": None, "view_only": True}]
+
+    def usage_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Usage dashboard",
+                   **dashboard.context(request.GET)}
+        return TemplateResponse(request, "admin/llm/usage.html", context)
 
     @admin.display(description="Template version")
     def template_version_link(self, obj):

@@ -206,28 +206,30 @@ class Generation(models.Model):
     """One generation attempt: what was asked, what was sent upstream, what came back, and how long it took.
 
     Written as `pending` before the provider is called and completed afterwards, so a process killed
-    mid-request leaves a `pending` row rather than nothing.
+    mid-request leaves a `pending` row rather than nothing; `prune_audit` later marks such a row `abandoned`.
     """
 
     class Status(models.TextChoices):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        # Still pending long after any request could have finished: the process serving it died.
+        ABANDONED = "abandoned"
 
     # Lengths the columns truncate to; the request as received keeps the full values.
     SHORT = 200
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
     role = models.CharField(max_length=SHORT, blank=True, db_index=True)
     task = models.CharField(max_length=SHORT, blank=True, db_index=True)
-    mode = models.CharField(max_length=8, blank=True, db_index=True)
-    provider = models.CharField(max_length=16, blank=True, db_index=True)
-    model = models.CharField(max_length=SHORT, blank=True, db_index=True)
+    mode = models.CharField(max_length=8, blank=True)
+    provider = models.CharField(max_length=16, blank=True)
+    model = models.CharField(max_length=SHORT, blank=True)
 
     request = models.JSONField(null=True, blank=True, help_text="The request body as received, if it was JSON.")
     request_bytes = models.PositiveIntegerField(default=0)
@@ -235,7 +237,7 @@ class Generation(models.Model):
     output = models.JSONField(null=True, blank=True, help_text="An object in json mode, a string in text mode.")
     raw_output = models.TextField(blank=True, help_text="The provider's reply text when it could not be used.")
 
-    error_type = models.CharField(max_length=32, blank=True, db_index=True)
+    error_type = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
 
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -256,13 +258,21 @@ class Generation(models.Model):
         help_text='Each call in order: {"model": ..., "outcome": "succeeded" or the error}.')
     # SET_NULL: deleting a consumer must not delete its history; api_key_prefix still tells whose it was.
     consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="generations")
+                                 related_name="generations", db_index=False)
     api_key_prefix = models.CharField(max_length=ApiKey.PREFIX_LENGTH, blank=True, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Calls made to the provider, retries included.")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "-created_at"], name="generation_status_created")]
+        # The admin lists newest first, filtered by one of these columns, a page at a time: an index that
+        # starts with the filtered column and goes on with the ordering lets it read just the page's rows
+        # (and lets each filter's choices be read by skipping through the index, see llm.admin).
+        # The id ends each one because the admin breaks created_at ties by primary key.
+        indexes = [
+            models.Index(fields=["created_at", "id"], name="gen_created"),
+            *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
+              for column in ("status", "consumer", "provider", "mode", "model", "error_type")),
+        ]
 
     def __str__(self):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
@@ -308,3 +318,67 @@ class Generation(models.Model):
             self.save(force_insert=True)
         else:
             self.save(update_fields=self.OUTCOME_FIELDS)
+
+
+# Upper bounds (ms) of the latency histogram the usage rollup keeps; a last bucket holds everything slower.
+# Percentiles cannot be averaged across hours, but bucket counts can be added, and a percentile read from the
+# sum is off by at most one bucket's width (about a third of the value with these bounds).
+LATENCY_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2000, 4000, 8000, 15000, 30000, 60000, 120000)
+# One column per bucket, not a JSON list, so that the database adds up a month of hours by itself.
+LATENCY_BUCKET_FIELDS = (*(f"latency_le_{bound}ms" for bound in LATENCY_BOUNDS_MS),
+                         f"latency_over_{LATENCY_BOUNDS_MS[-1]}ms")
+
+
+class UsageHour(models.Model):
+    """What one consumer asked of one model in one hour: counts, tokens and a latency histogram.
+
+    Written only by `rollup_usage` (and `prune_audit`, which runs it first), from finished Generation rows;
+    it outlives them, so the usage dashboard still shows hours whose rows retention has deleted.
+    """
+
+    hour = models.DateTimeField(help_text="Start of the hour (UTC) the generations were created in.")
+    # SET_NULL, as for generations: a deleted consumer's usage still counts in the totals.
+    consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=Generation.SHORT, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    abandoned = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    latency_count = models.PositiveIntegerField(default=0, help_text="Requests with a latency (finished ones).")
+    latency_sum_ms = models.FloatField(default=0)
+    # The histogram: requests per latency bucket (LATENCY_BUCKET_FIELDS).
+    latency_le_25ms = models.PositiveIntegerField(default=0)
+    latency_le_50ms = models.PositiveIntegerField(default=0)
+    latency_le_100ms = models.PositiveIntegerField(default=0)
+    latency_le_250ms = models.PositiveIntegerField(default=0)
+    latency_le_500ms = models.PositiveIntegerField(default=0)
+    latency_le_1000ms = models.PositiveIntegerField(default=0)
+    latency_le_2000ms = models.PositiveIntegerField(default=0)
+    latency_le_4000ms = models.PositiveIntegerField(default=0)
+    latency_le_8000ms = models.PositiveIntegerField(default=0)
+    latency_le_15000ms = models.PositiveIntegerField(default=0)
+    latency_le_30000ms = models.PositiveIntegerField(default=0)
+    latency_le_60000ms = models.PositiveIntegerField(default=0)
+    latency_le_120000ms = models.PositiveIntegerField(default=0)
+    latency_over_120000ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["hour"], name="usage_hour")]
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.consumer_id or '-'} {self.model or '-'}: {self.requests}"
+
+    @property
+    def latency_buckets(self) -> list[int]:
+        return [getattr(self, name) for name in LATENCY_BUCKET_FIELDS]
+
+
+class UsageRollupState(models.Model):
+    """The one row saying how far the rollup has got, and from when on the raw rows are complete."""
+
+    folded_until = models.DateTimeField(
+        null=True, help_text="Every generation created before this is counted in UsageHour; nothing after it.")
+    pruned_before = models.DateTimeField(
+        null=True, help_text="prune_audit deleted generations created before this: hours before it cannot be rebuilt.")

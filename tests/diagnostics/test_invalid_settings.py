@@ -44,6 +44,7 @@ WRONG_VALUES = {
     "UPSTREAM_QUEUE_TIMEOUT": "forever",
     "GRACEFUL_TIMEOUT": "-5",
     "DATABASE_POOL_SIZE": "0",
+    "AUDIT_RETENTION_DAYS": "90d",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
     "REDACT_KEYS": "password;token",

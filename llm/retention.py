@@ -1,0 +1,112 @@
+"""Retention of the audit log: pending rows whose process died become `abandoned`; old rows are deleted in batches.
+
+Nothing is deleted before the usage rollup has counted it, and prompt template versions are never deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from diagnostics.models import ConnectionCheck
+from llm import usage
+from llm.models import Generation, UsageRollupState
+
+# Beyond GENERATION_DEADLINE, after which the request path answers 504: the final audit UPDATE after that
+# answer, a worker busy with other requests, and clocks of several gateway hosts a few seconds apart.
+DEADLINE_MARGIN = timedelta(seconds=60)
+# Rows per DELETE: each batch is its own short transaction, so writers wait at most one batch
+# (measured: about 0.1 s for 2,000 rows on SQLite with the audit table's indexes).
+BATCH_SIZE = 2_000
+
+ABANDONED_MESSAGE = ("No outcome was recorded: the process serving this request stopped before it finished "
+                     "(marked by prune_audit).")
+
+
+def longest_request() -> timedelta:
+    """The longest a request can legitimately stay pending: older pending rows belong to a process that died."""
+    return timedelta(seconds=settings.GENERATION_DEADLINE) + DEADLINE_MARGIN
+
+
+def stale_pending(now: datetime):
+    return Generation.objects.filter(status=Generation.Status.PENDING, created_at__lt=now - longest_request())
+
+
+def abandon_stale(*, now: datetime, batch_size: int = BATCH_SIZE) -> int:
+    """Mark pending rows older than the longest request `abandoned`; returns how many."""
+    marked = 0
+    while True:
+        ids = list(stale_pending(now).order_by("created_at").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return marked
+        # status=PENDING again: a row that a slow process completed meanwhile keeps its real outcome.
+        marked += Generation.objects.filter(pk__in=ids, status=Generation.Status.PENDING).update(
+            status=Generation.Status.ABANDONED, error_type="abandoned", error_message=ABANDONED_MESSAGE)
+
+
+def fold_finished(*, now: datetime) -> int:
+    """Fold every hour into the usage rollup whose rows can no longer change (see rollup_usage)."""
+    return usage.fold(until=now - longest_request())
+
+
+@dataclass
+class PruneResult:
+    cutoff: datetime | None
+    abandoned: int = 0
+    folded_hours: int = 0
+    generations: int = 0
+    checks: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def prune(*, older_than: timedelta | None, now: datetime | None = None, dry_run: bool = False,
+          batch_size: int = BATCH_SIZE) -> PruneResult:
+    """Abandon stale pending rows, fold finished hours, then delete generations and connection checks
+    created before now - older_than (None: keep everything) in batches. A dry run only counts."""
+    now = now or timezone.now()
+    cutoff = now - older_than if older_than is not None else None
+    started = time.monotonic()
+    result = PruneResult(cutoff=cutoff)
+    if dry_run:
+        result.abandoned = stale_pending(now).count()
+        if cutoff is not None:
+            result.generations = Generation.objects.filter(created_at__lt=cutoff).count()
+            result.checks = ConnectionCheck.objects.filter(created_at__lt=cutoff).count()
+        result.seconds = time.monotonic() - started
+        return result
+
+    result.abandoned = abandon_stale(now=now, batch_size=batch_size)
+    result.folded_hours = fold_finished(now=now)
+    if cutoff is not None:
+        # Rows the rollup has not counted yet stay, whatever their age (only a cutoff under an hour reaches them).
+        limit = min(cutoff, usage.folded_until() or cutoff)
+        with transaction.atomic():
+            state = UsageRollupState.objects.select_for_update().get(pk=1)
+            if state.pruned_before is None or state.pruned_before < limit:
+                # Recorded before the rows go: a rebuild must never recount an hour that is being emptied.
+                state.pruned_before = limit
+                state.save(update_fields=["pruned_before"])
+        result.generations, batches = _delete_in_batches(Generation, limit, batch_size)
+        result.batches += batches
+        result.checks, batches = _delete_in_batches(ConnectionCheck, cutoff, batch_size)
+        result.batches += batches
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _delete_in_batches(model, cutoff: datetime, batch_size: int) -> tuple[int, int]:
+    deleted = batches = 0
+    while True:
+        batch = model.objects.filter(created_at__lt=cutoff).order_by("created_at").values("pk")[:batch_size]
+        # One DELETE … WHERE pk IN (SELECT … LIMIT n) per batch, committed on its own (autocommit).
+        count, _ = model.objects.filter(pk__in=batch).delete()
+        if not count:
+            return deleted, batches
+        deleted += count
+        batches += 1
