@@ -98,10 +98,22 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     timing = Timing(started)
     counted = metrics.in_flight()
     counted.__enter__()
+    begin = asyncio.ensure_future(db_step(
+        _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
+        started=started, caller=caller))
     try:
-        begun = await db_step(
-            _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
-            started=started, caller=caller)
+        try:
+            begun = await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            # The client left while the step ran: it runs to its end all the same (a step dropped before it
+            # started would leave no row at all), and the row it wrote is completed as the client's leaving.
+            try:
+                row = (await begin)[0]
+            except GatewayError:
+                raise asyncio.CancelledError from None  # its row is complete: the refusal
+            _release_consumer(row)
+            await _finish_failure(row, Route([]), _cancelled(None), started)
+            raise
     except BaseException:
         counted.__exit__()
         raise

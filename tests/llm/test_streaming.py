@@ -301,3 +301,25 @@ def test_the_generation_deadline_covers_retries_and_answers_504(gateway, ollama,
     assert time.monotonic() - started < 2
     row = Generation.objects.get(id=response.headers["x-request-id"])
     assert (row.status, row.error_type) == ("failed", "upstream_timeout")
+
+
+def test_a_client_that_leaves_during_the_first_database_step_still_leaves_its_row(gateway, monkeypatch,
+                                                                                   valid_request):
+    from llm import services
+
+    real_begin = services._begin
+    entered = []
+
+    def slow_begin(**kwargs):
+        entered.append(True)
+        time.sleep(0.5)  # the client hangs up meanwhile
+        return real_begin(**kwargs)
+
+    monkeypatch.setattr(services, "_begin", slow_begin)
+    sock = raw_post(gateway, valid_request)
+    assert wait_for(lambda: entered, timeout=5)
+    sock.close()
+
+    row = wait_for(lambda: Generation.objects.exclude(status="pending").first())
+    assert (row.status, row.error_type, row.http_status) == ("failed", "client_disconnected", 499)
+    assert Generation.objects.count() == 1
