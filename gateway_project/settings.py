@@ -50,6 +50,7 @@ DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 # suite runs them in the test's thread instead, where its transaction is.
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
+CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
@@ -90,8 +91,12 @@ API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
-API_PATH_PREFIXES = ("/api/v1/llm/",)
-API_PATHS = ("/healthz", "/readyz")
+# The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of
+# /api/: the debug API, the schema and the docs keep the full chain).
+API_PATH_PREFIXES = ("/api/v1/llm/", "/v1/", "/api/blobs/")
+API_PATHS = ("/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/version",
+             "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
+             "/api/delete")
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"

@@ -67,6 +67,8 @@ class MockStream:
 
 def mock_content(request: GenerationRequest) -> str:
     """The mock's reply text for a request: deterministic, schema-valid in json mode."""
+    if not request.role:
+        return _raw_chat_content(request)
     digest = hashlib.sha256(
         json.dumps([request.role, request.task, request.payload, request.model], sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -81,6 +83,19 @@ def mock_content(request: GenerationRequest) -> str:
     return f"[mock {digest}] {request.role} would now {request.task} for {json.dumps(request.payload)}"
 
 
+def _raw_chat_content(request: GenerationRequest) -> str:
+    """A raw chat (no template): the reply names the last user message, so that a conversation can be followed."""
+    digest = hashlib.sha256(json.dumps([request.messages, request.model], sort_keys=True).encode()).hexdigest()[:16]
+    last = next((m["content"] for m in reversed(request.messages) if m.get("role") == "user"), "")
+    excerpt = " ".join(last.split())[:80]
+    if request.mode == "json" and request.output_schema:
+        return json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
+    if request.mode == "json":
+        return json.dumps({"mock": True, "model": request.model, "digest": digest, "reply_to": excerpt},
+                          ensure_ascii=False)
+    return f"[mock {digest}] {request.model} would now answer: {excerpt}"
+
+
 def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
     prompt_words = sum(len(m["content"].split()) for m in request.messages)
     return ProviderReply(
@@ -89,6 +104,7 @@ def _reply(request: GenerationRequest, content: str, started: float) -> Provider
         prompt_tokens=prompt_words,
         completion_tokens=len(content.split()),
         upstream_ms=round((time.perf_counter() - started) * 1000, 2),
+        finish_reason="stop",
     )
 
 

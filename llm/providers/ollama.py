@@ -78,6 +78,8 @@ class OllamaProvider:
             completion_tokens=reply.get("eval_count"),
             upstream_ms=round((time.perf_counter() - started) * 1000, 2),
             attempts=attempts,
+            finish_reason=_done_reason(reply),
+            durations=_durations(reply),
         )
 
     async def stream(self, request: GenerationRequest) -> OllamaStream:
@@ -241,6 +243,8 @@ class OllamaStream:
                 completion_tokens=chunk.get("eval_count"),
                 upstream_ms=round((time.perf_counter() - self.started) * 1000, 2),
                 attempts=self.attempts,
+                finish_reason=_done_reason(chunk),
+                durations=_durations(chunk),
             )
         return piece
 
@@ -253,6 +257,19 @@ def _chat_body(request: GenerationRequest, *, stream: bool) -> dict:
     if request.options:
         body["options"] = request.options
     return body
+
+
+DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+
+
+def _durations(reply: dict) -> dict:
+    return {name: reply[name] for name in DURATIONS
+            if isinstance(reply.get(name), int) and not isinstance(reply.get(name), bool)}
+
+
+def _done_reason(reply: dict) -> str:
+    reason = reply.get("done_reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def _with_attempts(error: GatewayError, attempts: int) -> GatewayError:
