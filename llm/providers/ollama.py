@@ -100,6 +100,26 @@ class OllamaProvider:
             raise
         return stream
 
+    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
+
+        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
+        """
+        where = f"Ollama at {self.shown_url}"
+        try:
+            response = await self.client.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code == 404 and body is not None:
+            raise ModelNotFound(f"Model {body.get('model')!r} is not available on {where}.")
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
+        return data
+
     async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int]:
         """POST /api/chat, trying again (at most max_retries times) after failures that may pass."""
         attempt = 0

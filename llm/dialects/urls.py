@@ -1,0 +1,14 @@
+"""The compatible dialects' paths: OpenAI's under /v1/, Ollama's at its own /api/ paths (mounted at the root)."""
+
+from django.urls import path, re_path
+
+from llm.dialects import openai
+
+urlpatterns = [
+    path("v1/chat/completions", openai.chat_completions, name="openai-chat"),
+    path("v1/models", openai.models, name="openai-models"),
+    # Model names hold ":" and "/" (library/llama3.2:3b).
+    path("v1/models/<path:name>", openai.model, name="openai-model"),
+    path("v1/embeddings", openai.embeddings, name="openai-embeddings"),
+    re_path(r"^v1/(?P<rest>.*)$", openai.not_found),
+]
