@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from llm.dialects import openai
+from llm.dialects import ollama, openai
 
 urlpatterns = [
     path("v1/chat/completions", openai.chat_completions, name="openai-chat"),
@@ -11,4 +11,14 @@ urlpatterns = [
     path("v1/models/<path:name>", openai.model, name="openai-model"),
     path("v1/embeddings", openai.embeddings, name="openai-embeddings"),
     re_path(r"^v1/(?P<rest>.*)$", openai.not_found),
+    path("api/chat", ollama.chat, name="ollama-chat"),
+    path("api/generate", ollama.generate, name="ollama-generate"),
+    path("api/tags", ollama.tags, name="ollama-tags"),
+    path("api/show", ollama.show, name="ollama-show"),
+    path("api/ps", ollama.ps, name="ollama-ps"),
+    path("api/version", ollama.version, name="ollama-version"),
+    path("api/embed", ollama.embeddings),
+    path("api/embeddings", ollama.embeddings),
+    *(path(f"api/{name}", ollama.model_management) for name in ("pull", "push", "create", "copy", "delete")),
+    path("api/blobs/<str:digest>", ollama.model_management),
 ]
