@@ -36,12 +36,34 @@ class ApiKeyInline(admin.TabularInline):
         return f"gw_{obj.prefix}…"
 
 
+class ModelListField(forms.CharField):
+    """A list of model names, typed as "qwen2.5:7b, llama3.2:3b"."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+class ConsumerForm(forms.ModelForm):
+    allowed_models = ModelListField(
+        required=False, help_text="Comma-separated: the only models its keys may use, in every dialect; empty: every "
+                                  "model the Ollama server has.")
+
+    class Meta:
+        model = Consumer
+        fields = "__all__"
+
+
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
-    list_display = ("name", "is_active", "rate_limit_per_minute", "created_at")
-    list_filter = ("is_active",)
+    form = ConsumerForm
+    list_display = ("name", "is_active", "rate_limit_per_minute", "templates_only", "created_at")
+    list_filter = ("is_active", "templates_only")
     search_fields = ("name",)
-    fields = ("name", "is_active", "rate_limit_per_minute", "created_at")
+    fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
+              "created_at")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
 
@@ -90,16 +112,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="State")
     def state(self, obj):
         return obj.refusal(timezone.now()) or "Active"
-
-
-class ModelListField(forms.CharField):
-    """A list of model names, typed as "qwen2.5:7b, llama3.2:3b"."""
-
-    def prepare_value(self, value):
-        return ", ".join(value) if isinstance(value, list) else value
-
-    def to_python(self, value):
-        return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
 class IndentedJSONField(forms.JSONField):
@@ -336,9 +348,9 @@ class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
 class GenerationAdmin(StaffReadOnlyAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone."""
 
-    list_display = ("created_at", "status", "http_status", "consumer", "role", "task", "provider", "model", "mode",
-                    "latency_ms", "attempts", "prompt_tokens", "completion_tokens", "error_type")
-    list_filter = ("status", "consumer", "provider", "mode", "model", "error_type",
+    list_display = ("created_at", "status", "http_status", "consumer", "dialect", "role", "task", "provider", "model",
+                    "mode", "latency_ms", "attempts", "prompt_tokens", "completion_tokens", "error_type")
+    list_filter = ("status", "dialect", "consumer", "provider", "mode", "model", "error_type",
                    ("created_at", admin.DateFieldListFilter))
     list_select_related = ("consumer",)
     search_fields = ("=id",)
@@ -349,12 +361,13 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     list_per_page = 50
     fieldsets = (
         (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
-        ("Request", {"fields": ("consumer", "api_key_prefix", "role", "task", "template_version_link", "mode",
-                                "provider", "model", "client_ip", "user_agent", "request_bytes", "request_json")}),
+        ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
+                                "template_version_link", "mode", "provider", "model", "stream", "end_user",
+                                "client_ip", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("prompt_json",)}),
         ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
-                                "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
-                                "upstream_ms")}),
+                                "finish_reason", "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
+                                "upstream_ms", "first_token_ms")}),
     )
 
     def get_search_results(self, request, queryset, search_term):

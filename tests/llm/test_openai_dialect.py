@@ -280,3 +280,20 @@ def test_unknown_v1_path_is_404_in_openais_shape(gateway):
     with gateway.client() as client:
         response = client.get("/v1/assistants")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_carry_the_dialect(gateway):
+    from llm import metrics
+
+    def count(dialect):
+        return metrics.REGISTRY.get_sample_value(
+            "llm_gateway_requests_total", {"outcome": "succeeded", "error_type": "none", "model": "qwen2.5:7b",
+                                           "consumer": "test-team", "dialect": dialect}) or 0.0
+
+    before = count("openai"), count("ollama")
+    sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=HELLO)
+    with gateway.client() as client:
+        assert client.post("/api/chat", json={"model": "qwen2.5:7b", "messages": HELLO, "stream": False}).is_success
+
+    assert wait_for(lambda: (count("openai"), count("ollama")) == (before[0] + 1, before[1] + 1))
+    assert metrics.REGISTRY.get_sample_value("llm_gateway_requests_in_flight", {"dialect": "openai"}) == 0
