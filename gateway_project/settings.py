@@ -176,12 +176,16 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Gateway API",
     "DESCRIPTION": "Generations from locally hosted LLMs, for other teams' services. Authenticate with an API key "
-                   "(`Authorization: Bearer <key>` or `X-API-Key: <key>`). Every error has the shape "
-                   '`{"error": {"type", "message", "request_id", "details"?}}`.',
+                   "(`Authorization: Bearer <key>` or `X-API-Key: <key>`). Every error of the native API has the "
+                   'shape `{"error": {"type", "message", "request_id", "details"?}}`; the OpenAI-compatible '
+                   'endpoints under /v1/ answer in OpenAI\'s shape, `{"error": {"message", "type", "param", '
+                   '"code"}}`. The Ollama-compatible endpoints (/api/chat, /api/generate, /api/tags, …) follow '
+                   "Ollama's own API and are not described here.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["llm.schema.only_the_llm_api"],
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "llm.schema.closed_request_objects"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "llm.schema.closed_request_objects",
+                            "llm.dialects.openai_schema.add_components"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -37,8 +37,8 @@ AT_DEFAULT = {
     "prediction": (), "reasoning_effort": (), "web_search_options": (), "safety_identifier": (),
     "prompt_cache_key": (), "verbosity": (),
 }
-# Accepted with any value, because it asks for nothing without tools (which are refused).
-ANY_VALUE = {"parallel_tool_calls"}
+# Accepted true or false: it asks for nothing without tools (which are refused).
+ANY_BOOLEAN = {"parallel_tool_calls"}
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MESSAGE_FIELDS = {"role", "content", "name"}
 # Of an assistant message, empty values only: a conversation replayed by a client carries them.
@@ -152,14 +152,14 @@ def parse(data) -> NeutralRequest:
 def _refuse_unsupported(data: dict) -> None:
     refused = []
     for name, value in data.items():
-        if name in SUPPORTED or name in ANY_VALUE:
+        if name in SUPPORTED or (name in ANY_BOOLEAN and (value is None or isinstance(value, bool))):
             continue
         if name in AT_DEFAULT and (value is None or _is_one_of(value, AT_DEFAULT[name])):
             continue
         refused.append(name)
     if refused:
-        unknown = [n for n in refused if n not in AT_DEFAULT]
-        unsupported = [n for n in refused if n in AT_DEFAULT]
+        unknown = [n for n in refused if n not in AT_DEFAULT and n not in ANY_BOOLEAN]
+        unsupported = [n for n in refused if n in AT_DEFAULT or n in ANY_BOOLEAN]
         parts = []
         if unsupported:
             parts.append(f"not supported by this gateway: {', '.join(unsupported)} (only at their default values)")
@@ -172,6 +172,7 @@ def _refuse_unsupported(data: dict) -> None:
 def _is_one_of(value, defaults: tuple) -> bool:
     # Compared with their types: true is not n=1, and 0 is not logprobs=false.
     return any(type(value) is type(default) and value == default for default in defaults)
+
 
 
 def _optional(data: dict, name: str, kind: type, default):
@@ -196,9 +197,11 @@ def _messages(messages) -> list[dict]:
             raise _invalid(f"{where}.role", f"{where}.role {str(role)[:40]!r} is not supported: use system, "
                                             "developer, user or assistant (tools are not supported).")
         extra = [k for k in message if k not in MESSAGE_FIELDS
-                 and not (k in MESSAGE_EMPTY_FIELDS and not message[k])]
+                 and not (k in MESSAGE_EMPTY_FIELDS and _is_one_of(message[k], (None, "", [], {})))]
         if extra:
             raise _invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}.")
+        if message.get("name") is not None and not isinstance(message["name"], str):
+            raise _invalid(f"{where}.name", f"{where}.name must be a string.")
         chat.append({"role": MESSAGE_ROLES[role], "content": _content(message.get("content"), where, role)})
     return chat
 
