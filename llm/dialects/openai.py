@@ -75,6 +75,7 @@ async def chat_completions(request):
     return JsonResponse(_completion(row), headers={"Server-Timing": http.server_timing(timing)})
 
 
+@csrf_exempt  # answered 405, not the CSRF failure page
 async def models(request):
     """GET /v1/models: the models the calling consumer may use."""
     if request.method != "GET":
@@ -89,6 +90,7 @@ async def models(request):
     return JsonResponse({"object": "list", "data": [_model(entry) for entry in entries]})
 
 
+@csrf_exempt  # answered 405, not the CSRF failure page
 async def model(request, name: str):
     """GET /v1/models/{model}: one of them; 404 for a model the consumer may not use, as for one that is missing."""
     if request.method != "GET":
@@ -113,6 +115,7 @@ async def embeddings(request):
         "Embeddings are not available through the gateway yet: only chat completions and model listings are."))
 
 
+@csrf_exempt
 async def not_found(request, rest: str = ""):
     return _error(request, 404, f"No OpenAI-compatible endpoint at {request.path}. The gateway serves "
                                 "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model}.",

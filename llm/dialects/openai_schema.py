@@ -140,6 +140,12 @@ COMPONENTS = {
 }
 
 
+# One server-sent event: its data is a chat.completion.chunk (or the error object) as JSON, or [DONE] at the end.
+SSE_EVENT = {"type": "object", "properties": {
+    "event": {"type": "string"},
+    "data": {"type": "string", "description": 'A chat.completion.chunk as JSON, `{"error": {…}}`, or [DONE].'}}}
+
+
 def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(_ref("OpenAIError"), description=description)
 
@@ -184,7 +190,7 @@ class ChatCompletionsOperation(APIView):
                     "the stream started is one `data: {\"error\": …}` event.",
         request={"application/json": _ref("ChatCompletionRequest")},
         responses={(200, "application/json"): _ref("ChatCompletion"),
-                   (200, "text/event-stream"): OpenApiTypes.STR, **OPENAI_ERRORS},
+                   (200, "text/event-stream"): SSE_EVENT, **OPENAI_ERRORS},
     )
     def post(self, request):
         raise NotImplementedError("served by llm.dialects.openai.chat_completions")

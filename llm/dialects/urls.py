@@ -10,7 +10,8 @@ urlpatterns = [
     # Model names hold ":" and "/" (library/llama3.2:3b).
     path("v1/models/<path:name>", openai.model, name="openai-model"),
     path("v1/embeddings", openai.embeddings, name="openai-embeddings"),
-    re_path(r"^v1/(?P<rest>.*)$", openai.not_found),
+    # Any other path under /v1/, a newline in it included, gets OpenAI's 404 rather than the HTML page.
+    re_path(r"^v1/(?P<rest>[\s\S]*)\Z", openai.not_found),
     path("api/chat", ollama.chat, name="ollama-chat"),
     path("api/generate", ollama.generate, name="ollama-generate"),
     path("api/tags", ollama.tags, name="ollama-tags"),
