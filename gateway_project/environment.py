@@ -196,6 +196,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="seconds in-flight generations get to finish when a worker stops (SIGTERM); then they end"),
     SettingSpec("DATABASE_POOL_SIZE", "8", _integer(1, 1000),
                 help="database connections per gateway process (PostgreSQL pool and database threads)"),
+    SettingSpec("CHAT_MAX_BODY_BYTES", "1048576", _integer(1024, 64 * 1024 * 1024),
+                help="largest request body of the OpenAI- and Ollama-compatible chat endpoints (they carry the "
+                     "conversation); the native API keeps 64 KiB"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,

@@ -52,6 +52,7 @@ DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 # suite runs them in the test's thread instead, where its transaction is.
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
+CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
@@ -93,8 +94,12 @@ API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
-API_PATH_PREFIXES = ("/api/v1/llm/",)
-API_PATHS = ("/healthz", "/readyz")
+# The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of
+# /api/: the debug API, the schema and the docs keep the full chain).
+API_PATH_PREFIXES = ("/api/v1/llm/", "/v1/", "/api/blobs/")
+API_PATHS = ("/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/version",
+             "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
+             "/api/delete")
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"
@@ -174,12 +179,16 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Gateway API",
     "DESCRIPTION": "Generations from locally hosted LLMs, for other teams' services. Authenticate with an API key "
-                   "(`Authorization: Bearer <key>` or `X-API-Key: <key>`). Every error has the shape "
-                   '`{"error": {"type", "message", "request_id", "details"?}}`.',
+                   "(`Authorization: Bearer <key>` or `X-API-Key: <key>`). Every error of the native API has the "
+                   'shape `{"error": {"type", "message", "request_id", "details"?}}`; the OpenAI-compatible '
+                   'endpoints under /v1/ answer in OpenAI\'s shape, `{"error": {"message", "type", "param", '
+                   '"code"}}`. The Ollama-compatible endpoints (/api/chat, /api/generate, /api/tags, …) follow '
+                   "Ollama's own API and are not described here.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["llm.schema.only_the_llm_api"],
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "llm.schema.closed_request_objects"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "llm.schema.closed_request_objects",
+                            "llm.dialects.openai_schema.add_components"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

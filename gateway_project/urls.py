@@ -13,6 +13,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", MetricsView.as_view(), name="metrics"),
+    path("", include("llm.dialects.urls")),
 ]
 
 handler400 = "llm.errors.bad_request"

@@ -40,12 +40,34 @@ class ApiKeyInline(admin.TabularInline):
         return f"gw_{obj.prefix}…"
 
 
+class ModelListField(forms.CharField):
+    """A list of model names, typed as "qwen2.5:7b, llama3.2:3b"."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+class ConsumerForm(forms.ModelForm):
+    allowed_models = ModelListField(
+        required=False, help_text="Comma-separated: the only models its keys may use, in every dialect; empty: every "
+                                  "model the Ollama server has.")
+
+    class Meta:
+        model = Consumer
+        fields = "__all__"
+
+
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
-    list_display = ("name", "is_active", "rate_limit_per_minute", "created_at")
-    list_filter = ("is_active",)
+    form = ConsumerForm
+    list_display = ("name", "is_active", "rate_limit_per_minute", "templates_only", "created_at")
+    list_filter = ("is_active", "templates_only")
     search_fields = ("name",)
-    fields = ("name", "is_active", "rate_limit_per_minute", "created_at")
+    fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
+              "created_at")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
 
@@ -94,16 +116,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="State")
     def state(self, obj):
         return obj.refusal(timezone.now()) or "Active"
-
-
-class ModelListField(forms.CharField):
-    """A list of model names, typed as "qwen2.5:7b, llama3.2:3b"."""
-
-    def prepare_value(self, value):
-        return ", ".join(value) if isinstance(value, list) else value
-
-    def to_python(self, value):
-        return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
 class IndentedJSONField(forms.JSONField):
@@ -407,7 +419,8 @@ class GenerationAdmin(StaffReadOnlyAdmin):
 
     # What a reviewer scans for; the rest is on the detail page.
     list_display = ("created", "status", "consumer", "role_task", "model", "latency", "error")
-    list_filter = ("status", "consumer", indexed_values_filter("provider", "provider"),
+    list_filter = ("status", indexed_values_filter("dialect", "dialect"), "consumer",
+                   indexed_values_filter("provider", "provider"),
                    indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
                    indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
     list_select_related = ("consumer",)
@@ -423,13 +436,13 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     list_per_page = 50
     fieldsets = (
         (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
-        ("Request", {"fields": ("consumer", "api_key_prefix", "role", "task", "template_version_link", "mode",
-                                "stream", "provider", "model", "client_ip", "user_agent", "request_bytes",
-                                "request_json")}),
+        ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
+                                "template_version_link", "mode", "provider", "model", "stream", "end_user",
+                                "client_ip", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("prompt_json",)}),
         ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
-                                "prompt_tokens", "completion_tokens", "attempts", "latency_ms", "first_token_ms",
-                                "upstream_ms")}),
+                                "finish_reason", "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
+                                "upstream_ms", "first_token_ms")}),
     )
 
     def get_search_results(self, request, queryset, search_term):
@@ -453,7 +466,10 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     @admin.display(description="Role / task")
     def role_task(self, obj):
         # <wbr>: a long task name may wrap after the slash instead of widening the table.
-        return format_html("{}/<wbr>{}", obj.role, obj.task) if obj.role or obj.task else "—"
+        if obj.role or obj.task:
+            return format_html("{}/<wbr>{}", obj.role, obj.task)
+        # A raw chat through a compatible endpoint has no template: its dialect's endpoint says what it was.
+        return format_html("{} {}", obj.dialect, obj.endpoint) if obj.endpoint else "—"
 
     @admin.display(description="Error type")
     def error(self, obj):

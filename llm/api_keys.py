@@ -6,6 +6,7 @@ secret makes the key unguessable. Only the SHA-256 of the whole key is stored.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import secrets
@@ -58,10 +59,12 @@ def revoke(keys) -> int:
     return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
-def presented_key(meta: dict) -> str | None:
+def presented_key(meta: dict, *, basic: bool = False) -> str | None:
     """The key a request presents, from `Authorization: Bearer <key>` or `X-API-Key: <key>`; None if neither.
 
-    Raises KeyRefused for an empty key, or an Authorization header of another scheme without an X-API-Key.
+    With `basic`, also the password of HTTP Basic auth (the user name is ignored), for clients that take only a
+    URL such as http://user:KEY@gateway:8000. Raises KeyRefused for an empty key, or an Authorization header of
+    another scheme without an X-API-Key.
     """
     authorization = meta.get("HTTP_AUTHORIZATION", "").strip()
     scheme, _, credentials = authorization.partition(" ")
@@ -69,6 +72,8 @@ def presented_key(meta: dict) -> str | None:
         if not credentials.strip():
             raise KeyRefused("The Authorization header holds no API key after 'Bearer'.")
         return credentials.strip()
+    if basic and scheme.lower() == "basic":
+        return _basic_password(credentials.strip())
     header = meta.get("HTTP_X_API_KEY")
     if header is not None:
         if not header.strip():
@@ -77,6 +82,19 @@ def presented_key(meta: dict) -> str | None:
     if authorization:  # another scheme (Basic, Token, ...) and no X-API-Key
         raise KeyRefused("Send the API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
     return None
+
+
+def _basic_password(credentials: str) -> str:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise KeyRefused("The Basic credentials are not base64 of user:key.") from None
+    user, _, password = decoded.partition(":")
+    # A key given as the user name alone (http://KEY@host) is still the key.
+    key = (password or user).strip()
+    if not key:
+        raise KeyRefused("The Basic credentials hold no API key: put it as the password.")
+    return key
 
 
 def verify(raw: str) -> ApiKey:

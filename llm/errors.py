@@ -206,3 +206,25 @@ def server_error(request):
     if _wants_json(request):
         return _json_error(request, 500, "internal_error", "The gateway failed unexpectedly; the error is logged.")
     return defaults.server_error(request)
+
+
+class ModelNotAllowed(GatewayError):
+    """The consumer's allow-list (Consumer.allowed_models) does not include the model."""
+
+    type, status = "model_not_allowed", 403
+
+
+class RawPromptsNotAllowed(GatewayError):
+    """The consumer is barred from raw prompts (Consumer.templates_only): native template API only."""
+
+    type, status = "raw_prompts_not_allowed", 403
+
+
+class ModelManagementRefused(GatewayError):
+    """Pulling, pushing, creating, copying or deleting models: the server's operator does that, never a consumer."""
+
+    type, status = "model_management_refused", 403
+
+
+class NotImplementedHere(GatewayError):
+    type, status = "not_implemented", 501

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from llm import prompts
 from llm.output_schema import schema_problem
-from llm.serializers import OllamaOptionsSerializer
+from llm.request_rules import OllamaOptionsSerializer
 
 identifier = RegexValidator(r"^[a-z][a-z0-9_]*\Z", "Use lower-case letters, digits and _, starting with a letter.")
 
@@ -156,6 +156,13 @@ class Consumer(models.Model):
         null=True, blank=True,
         help_text="Generations this consumer may have in flight at once, per gateway process; empty: no cap.")
     is_active = models.BooleanField(default=True, help_text="An inactive consumer's keys are all refused.")
+    allowed_models = models.JSONField(
+        default=list, blank=True,
+        help_text="The only models this consumer may use, in every dialect; empty: every model Ollama has.")
+    templates_only = models.BooleanField(
+        default=False,
+        help_text="Barred from raw prompts: its keys may use the native template API only, not the OpenAI- or "
+                  "Ollama-compatible chat endpoints.")
     created_at = models.DateTimeField(default=timezone.now)
 
     # DRF's request.user for a request authenticated by one of this consumer's keys.
@@ -209,6 +216,11 @@ class Generation(models.Model):
     mid-request leaves a `pending` row rather than nothing; `prune_audit` later marks such a row `abandoned`.
     """
 
+    class Dialect(models.TextChoices):
+        NATIVE = "native"
+        OPENAI = "openai"
+        OLLAMA = "ollama"
+
     class Status(models.TextChoices):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
@@ -225,7 +237,11 @@ class Generation(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
-    role = models.CharField(max_length=SHORT, blank=True, db_index=True)
+    dialect = models.CharField(max_length=8, choices=Dialect.choices, default=Dialect.NATIVE,
+                               help_text="The front door the request came through.")
+    endpoint = models.CharField(max_length=64, blank=True, help_text="The path it was sent to.")
+    role = models.CharField(max_length=SHORT, blank=True, db_index=True,
+                            help_text="Empty for a raw chat (no template), through a compatible endpoint.")
     task = models.CharField(max_length=SHORT, blank=True, db_index=True)
     mode = models.CharField(max_length=8, blank=True)
     provider = models.CharField(max_length=16, blank=True)
@@ -236,6 +252,10 @@ class Generation(models.Model):
     prompt = models.JSONField(null=True, blank=True, help_text="The chat messages sent to the provider.")
     output = models.JSONField(null=True, blank=True, help_text="An object in json mode, a string in text mode.")
     raw_output = models.TextField(blank=True, help_text="The provider's reply text when it could not be used.")
+    finish_reason = models.CharField(max_length=16, blank=True,
+                                     help_text="Why the model stopped, as Ollama says: stop, length, ...")
+    end_user = models.CharField(max_length=256, blank=True,
+                                help_text="The end user the client named (OpenAI's `user`), as sent.")
 
     error_type = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
@@ -271,16 +291,17 @@ class Generation(models.Model):
         indexes = [
             models.Index(fields=["created_at", "id"], name="gen_created"),
             *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
-              for column in ("status", "consumer", "provider", "mode", "model", "error_type")),
+              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type")),
         ]
 
     def __str__(self):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
 
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
-                attempts: int = 1):
+                attempts: int = 1, finish_reason: str = ""):
         """Record a successful reply."""
         self.status = self.Status.SUCCEEDED
+        self.finish_reason = (finish_reason or "")[:16]
         self.attempts = attempts
         self.http_status = 200
         self.output = output
@@ -309,7 +330,7 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "first_token_ms", "finished_at")
+                      "first_token_ms", "finish_reason", "finished_at")
 
     def _finish(self, latency_ms: float):
         self.latency_ms = latency_ms

@@ -60,8 +60,9 @@ ERROR_RESPONSES = {
 
 
 def only_the_llm_api(endpoints):
-    """drf-spectacular preprocessing hook: the published schema is the consumers' API, not staff endpoints."""
-    return [endpoint for endpoint in endpoints if endpoint[0].startswith("/api/v1/llm/")]
+    """drf-spectacular preprocessing hook: the published schema is the consumers' API (the native one and the OpenAI
+    dialect), not staff endpoints."""
+    return [endpoint for endpoint in endpoints if endpoint[0].startswith(("/api/v1/llm/", "/v1/"))]
 
 
 def closed_request_objects(result, generator, request, public):

@@ -56,3 +56,15 @@ def active_templates() -> list[PromptTemplate]:
             template.current = template.newest_first[0]
             listed.append(template)
     return listed
+
+
+def template_model_names() -> list[str]:
+    """Every model an active template's current version may use, OLLAMA_DEFAULT_MODEL first: the mock's models."""
+    from django.conf import settings
+
+    names = [settings.OLLAMA_DEFAULT_MODEL]
+    for template in PromptTemplate.objects.filter(is_active=True).order_by("role", "task"):
+        version = template.current_version
+        if version is not None:
+            names.extend(version.allowed_model_names())
+    return list(dict.fromkeys(names))

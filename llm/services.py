@@ -3,6 +3,11 @@
 Async, with the database work in two steps run off the event loop (gateway_project.db_steps): `_begin` (key,
 rate limit, validation, template, the pending row) before the provider is called and `_finish` (the outcome)
 after. No database connection is held while the provider is waited for.
+
+Every front door (the native API in llm.views, the OpenAI and Ollama dialects in llm.dialects) calls generate()
+with its FrontDoor: its dialect and endpoint for the audit row, its body limit, and its parser from its wire
+format to the NeutralRequest. The parser runs inside `_begin`, after authentication, so that a request it refuses
+is audited with its consumer like any other.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from uuid import UUID
 
 from django.conf import settings
@@ -20,16 +25,17 @@ from django.db import DatabaseError
 
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, metrics, rate_limits
+from llm import admission, api_keys, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
-                        NotAuthenticated, PayloadTooLarge, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
-from llm.models import ApiKey, Generation, PromptTemplateVersion
+                        NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown, UnsupportedMediaType,
+                        UpstreamTimeout)
+from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
 from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
+from llm.request_rules import TEXT, NeutralRequest
 from llm.routing import Route, candidate_models
 from llm.selectors import current_version_for
-from llm.serializers import GenerateRequestSerializer
 
 logger = logging.getLogger("llm.services")
 
@@ -50,12 +56,33 @@ class Caller:
     api_key: ApiKey | None = None
 
 
+@dataclass(frozen=True)
+class FrontDoor:
+    """Where a generation request came in, as the use case needs to know it.
+
+    `parse` turns the body's parsed JSON into the NeutralRequest, raising InvalidRequest (with per-field details)
+    for what the dialect refuses. `described` are the top-level fields copied onto the row before validation, so
+    that even a refused request shows what it asked for. `masks_secrets`: the body carries payload objects whose
+    secret-named keys (REDACT_KEYS) are masked before anything sees them (the native API); a chat body carries
+    text, where key names mean nothing (and OpenAI's own `max_tokens` would look like a secret).
+    """
+
+    dialect: str
+    endpoint: str
+    parse: Callable[[Any], NeutralRequest]
+    max_body_bytes: int
+    described: tuple[str, ...] = ("model",)
+    masks_secrets: bool = False
+
+
 @dataclass
 class Timing:
     """Where a request's time went so far: for Server-Timing and the audit row."""
 
     started: float
     upstream_ms: float = 0.0
+    # The provider's own nanosecond durations of the reply (Ollama's load_duration, eval_duration, ...), once known.
+    provider_durations: dict = field(default_factory=dict)
 
     def total_ms(self) -> float:
         return _elapsed_ms(self.started)
@@ -89,18 +116,18 @@ class Streaming:
 
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-                   caller: Caller) -> tuple[Generation, Timing] | Streaming:
+                   caller: Caller, door: FrontDoor) -> tuple[Generation, Timing] | Streaming:
     """Answer one generation request: the completed audit row, or a Streaming; else raise the GatewayError answered.
 
     Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
     If that row cannot be written, nothing is generated and AuditUnavailable is raised.
     """
     timing = Timing(started)
-    counted = metrics.in_flight()
+    counted = metrics.in_flight(dialect=door.dialect)
     counted.__enter__()
     begin = asyncio.ensure_future(db_step(
         _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
-        started=started, caller=caller))
+        started=started, caller=caller, door=door))
     try:
         try:
             begun = await asyncio.shield(begin)
@@ -156,11 +183,12 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
             await _finish_failure(row, route, failure, started)
             raise failure from None
         timing.upstream_ms = route.upstream_ms
+        timing.provider_durations = reply.durations or {}
         row.models_tried = route.tried
         await _finish(row, row.succeed, output=_storable(output), model=reply.model,
                       prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                       upstream_ms=_rounded(route.upstream_ms), latency_ms=_elapsed_ms(started),
-                      attempts=route.attempts)
+                      attempts=route.attempts, finish_reason=reply.finish_reason)
         return row, timing
     finally:
         admission.unregister(task)
@@ -232,10 +260,11 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
                 error = exc
         row.models_tried = route.tried
         if error is None:
+            timing.provider_durations = reply.durations or {}
             await _finish(row, row.succeed, output=_storable(output), model=reply.model,
                           prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                           upstream_ms=_rounded(timing.upstream_ms), latency_ms=_elapsed_ms(started),
-                          attempts=route.attempts)
+                          attempts=route.attempts, finish_reason=reply.finish_reason)
         else:
             # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
             await _finish(row, row.fail, error_type=error.type, message=error.message,
@@ -322,13 +351,15 @@ async def _finish(row: Generation, transition, **fields) -> None:
     await asyncio.shield(db_step(_complete, row, transition, **fields))
 
 
-def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float, caller: Caller):
+def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float, caller: Caller,
+           door: FrontDoor):
     """The database step before the provider is called: admit, validate, and write the pending row.
 
     Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
     """
     row = Generation(id=request_id, request_bytes=body_size, client_ip=caller.client_ip or None,
-                     user_agent=(caller.user_agent or "")[:512])
+                     user_agent=(caller.user_agent or "")[:512], dialect=door.dialect,
+                     endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
     slot_taken = False
     try:
         try:
@@ -337,11 +368,18 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
             _admit(caller.api_key, caller.refusal)
-            # Secrets are masked first: neither the audit log nor the model ever sees them.
-            data = mask_secrets(_parse(body, body_size, content_type), settings.REDACT_KEYS)
+            data = _parse(body, body_size, content_type, door.max_body_bytes)
+            if door.masks_secrets:
+                # Secrets are masked first: neither the audit log nor the model ever sees them.
+                data = mask_secrets(data, settings.REDACT_KEYS)
             row.request = _storable(data)
-            _describe(row, data)
-            request, models, streamed = _validate(data, row)
+            _describe(row, data, door.described)
+            neutral = door.parse(data)
+            problem = _unstorable(data)
+            if problem:
+                raise InvalidRequest(f"The request is invalid: {problem}.")
+            request, models = _resolve(neutral, row, caller.api_key.consumer)
+            streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
         except GatewayError as exc:
@@ -394,10 +432,10 @@ def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
     rate_limits.count_request(api_key.consumer)
 
 
-def _parse(body: bytes, body_size: int, content_type: str):
-    limit = settings.GENERATE_MAX_BODY_BYTES
+def _parse(body: bytes, body_size: int, content_type: str, limit: int):
     if body_size > limit:
-        raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes (64 KiB).")
+        raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes "
+                              f"({limit / 1024:g} KiB).")
     if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}.")
     if not body.strip():
@@ -442,43 +480,56 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _describe(row: Generation, data) -> None:
+def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
     """Fill the audit columns from the raw request, as far as they can be read, before validation."""
     if not isinstance(data, dict):
         return
-    for column in ("role", "task", "mode", "model"):
+    for column in columns:
         value = data.get(column)
         if isinstance(value, str):
             # Each column's own length: PostgreSQL refuses a longer value (a 9-character mode) outright.
             setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
 
 
-def _validate(data, row: Generation) -> tuple[GenerationRequest, list[str], bool]:
-    """The request to send, the models to try and whether to stream; the template version is recorded on the row."""
-    serializer = GenerateRequestSerializer(data=data)
-    if not serializer.is_valid():
-        raise InvalidRequest("The request is invalid; see details.", details=serializer.errors)
-    problem = _unstorable(data)
-    if problem:
-        raise InvalidRequest(f"The request is invalid: {problem}.")
-    fields = serializer.validated_data
-    version = current_version_for(fields["role"], fields["task"])
+def _resolve(neutral: NeutralRequest, row: Generation, consumer: Consumer) -> tuple[GenerationRequest, list[str]]:
+    """The request to send and the models to try, within what the consumer may use; recorded on the row."""
+    row.stream = neutral.stream
+    row.end_user = _storable(neutral.user)[: Generation._meta.get_field("end_user").max_length]
+    if neutral.templated:
+        return _from_template(neutral, row, consumer)
+    if consumer.templates_only:
+        raise RawPromptsNotAllowed(
+            f"Consumer {consumer.name!r} may use prompt templates only (POST /api/v1/llm/generate), "
+            "not raw prompts.")
+    # A raw chat has no template: role and task stay empty, and the client's model is the one it gets.
+    row.role = row.task = ""
+    row.mode = mode = neutral.mode or TEXT
+    models = model_access.permitted(consumer, [neutral.model], chosen=True)
+    return GenerationRequest(
+        role="", task="", payload=None, mode=mode, model=models[0], messages=neutral.messages,
+        options=dict(neutral.options), output_schema=neutral.output_schema if mode == "json" else None,
+    ), models
+
+
+def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer):
+    version = current_version_for(neutral.role, neutral.task)
     row.template_version = version
-    mode = fields.get("mode") or version.mode
+    mode = neutral.mode or version.mode
     row.mode = mode
-    models = candidate_models(version, fields.get("model"))
+    models = model_access.permitted(consumer, candidate_models(version, neutral.model),
+                                    chosen=neutral.model is not None)
     row.model = models[0][: Generation.SHORT]
     return GenerationRequest(
-        role=fields["role"],
-        task=fields["task"],
-        payload=fields["payload"],
+        role=neutral.role,
+        task=neutral.task,
+        payload=neutral.payload,
         mode=mode,
         model=models[0],
         # The request's own options override the template's defaults, one key at a time.
-        options={**version.options, **(fields.get("options") or {})},
-        messages=_render(version, fields["payload"], mode),
+        options={**version.options, **neutral.options},
+        messages=_render(version, neutral.payload, mode),
         output_schema=version.output_schema if mode == "json" else None,
-    ), models, fields["stream"]
+    ), models
 
 
 def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[dict]:
@@ -562,7 +613,7 @@ def _complete(row: Generation, transition, **fields) -> None:
         # The pending row exists; the reply is still the client's.
     finally:
         # Counted even when the row could not be saved: the metrics are what is left to alert on then.
-        metrics.observe_generation(row)
+        metrics.observe_generation(row, dialect=row.dialect)
 
 
 def _elapsed_ms(started: float) -> float:

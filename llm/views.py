@@ -17,11 +17,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_project.middleware import annotate_request_log
-from llm import api_keys, selectors, services
+from llm import selectors, services
 from llm.authentication import ApiKeyAuthentication
-from llm.errors import GatewayError, error_body
+from llm.dialects import http
+from llm.errors import GatewayError, InvalidRequest, error_body
+from llm.request_rules import NeutralRequest
 from llm.schema import ERROR_RESPONSES
-from llm.serializers import TemplateCatalogSerializer
+from llm.serializers import GenerateRequestSerializer, TemplateCatalogSerializer
 
 NDJSON = "application/x-ndjson"
 
@@ -32,25 +34,33 @@ async def generate(request):
     if request.method != "POST":
         return _error(request, 405, "method_not_allowed", f"Method {request.method} is not allowed; use POST.",
                       headers={"Allow": "POST"})
-    body, body_size = _read_body(request)
-    caller = _caller(request)
+    door = services.FrontDoor(dialect="native", endpoint=request.path, parse=parse,
+                              max_body_bytes=settings.GENERATE_MAX_BODY_BYTES,
+                              described=("role", "task", "mode", "model"), masks_secrets=True)
     try:
-        result = await services.generate(
-            request_id=request.request_id, body=body, body_size=body_size,
-            content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller)
+        result = await http.generate(request, caller=http.caller_of(request), door=door)
     except GatewayError as exc:
-        _annotate(request, caller)
         return _error(request, exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
-    _annotate(request, caller)
     if isinstance(result, services.Streaming):
         annotate_request_log(request, provider=result.row.provider, model=result.row.model, stream=True)
         response = StreamingHttpResponse(_ndjson(request, result), content_type=NDJSON,
-                                         headers={"Server-Timing": _server_timing(result.timing),
+                                         headers={"Server-Timing": http.server_timing(result.timing),
                                                   "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
         return response
     row, timing = result
     annotate_request_log(request, provider=row.provider, model=row.model)
-    return JsonResponse(generation_body(row), headers={"Server-Timing": _server_timing(timing)})
+    return JsonResponse(generation_body(row), headers={"Server-Timing": http.server_timing(timing)})
+
+
+def parse(data) -> NeutralRequest:
+    """The native body: a template's role and task with its payload, and the shared options."""
+    serializer = GenerateRequestSerializer(data=data)
+    if not serializer.is_valid():
+        raise InvalidRequest("The request is invalid; see details.", details=serializer.errors)
+    fields = serializer.validated_data
+    return NeutralRequest(role=fields["role"], task=fields["task"], payload=fields["payload"],
+                          mode=fields.get("mode"), model=fields.get("model"), options=fields.get("options") or {},
+                          stream=fields["stream"])
 
 
 async def _ndjson(request, streaming: services.Streaming):
@@ -80,43 +90,10 @@ def _line(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def _caller(request) -> services.Caller:
-    try:
-        presented, refusal = api_keys.presented_key(request.META), None
-    except api_keys.KeyRefused as exc:
-        presented, refusal = None, exc
-    return services.Caller(presented_key=presented, refusal=refusal, client_ip=request.META.get("REMOTE_ADDR"),
-                           user_agent=request.META.get("HTTP_USER_AGENT", ""))
-
-
-def _annotate(request, caller: services.Caller) -> None:
-    key = caller.api_key or getattr(caller.refusal, "api_key", None)
-    annotate_request_log(request, consumer=key.consumer.name if key else None)
-
-
-def _server_timing(timing: services.Timing) -> str:
-    """`upstream` is the wait for the provider, `gateway` the rest: for a stream, up to its first byte."""
-    total = timing.total_ms()
-    upstream = min(timing.upstream_ms, total)
-    return f"upstream;dur={upstream:.2f}, gateway;dur={total - upstream:.2f}"
-
-
 def _error(request, status: int, type_: str, message: str, *, details=None, headers=None) -> HttpResponse:
     annotate_request_log(request, error_type=type_)
     body = error_body(type=type_, message=message, request_id=request.request_id, details=details)
     return JsonResponse(body, status=status, headers=headers)
-
-
-def _read_body(request) -> tuple[bytes, int]:
-    """The body, unless its declared size is over the limit: then it is not read at all."""
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > settings.GENERATE_MAX_BODY_BYTES:
-        return b"", declared
-    body = request.body
-    return body, len(body)
 
 
 class TemplateListView(APIView):

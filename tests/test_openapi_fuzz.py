@@ -67,3 +67,15 @@ def test_the_fuzzer_reaches_the_gateway(fuzz_key, shipped_templates):
     assert response.status_code == 200, response.text
     assert Generation.objects.get().consumer.name == "fuzzer"
     assert time.monotonic() - started < 5
+
+
+def test_the_fuzzer_reaches_the_openai_dialect(fuzz_key):
+    """A chat completion built from the schema is answered 200 and audited as the OpenAI dialect."""
+    case = schema["/v1/chat/completions"]["POST"].Case(
+        body={"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "Hello"}]})
+
+    response = case.call(headers={"Authorization": f"Bearer {fuzz_key}"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
+    assert Generation.objects.get().dialect == "openai"

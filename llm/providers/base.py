@@ -10,9 +10,9 @@ from typing import AsyncIterator, Protocol
 class GenerationRequest:
     """The neutral request a provider answers: chat messages for one model, with options and an output format."""
 
-    role: str
+    role: str  # role, task and payload: "", "" and None for a raw chat (no template)
     task: str
-    payload: dict
+    payload: dict | None
     mode: str  # "json" | "text"
     model: str
     messages: list[dict]
@@ -33,6 +33,8 @@ class ProviderReply:
     completion_tokens: int | None
     upstream_ms: float
     attempts: int = 1  # calls made upstream for this reply, retries included
+    finish_reason: str = ""  # why the model stopped: Ollama's done_reason (stop, length, ...)
+    durations: dict | None = None  # the provider's own nanosecond timings, by Ollama's names
 
 
 class ReplyStream(Protocol):

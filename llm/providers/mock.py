@@ -68,6 +68,8 @@ class MockStream:
 def mock_content(request: GenerationRequest) -> str:
     """The mock's reply text: deterministic, valid against the request's output schema in json mode, and
     carrying the payload's values, so that a front end wired up in mock mode sees its payload arrive."""
+    if not request.role:
+        return _raw_chat_content(request)
     if request.mode == "json" and request.output_schema:
         return json.dumps(schema_instance(request.output_schema, "mock", echo=payload_text(request.payload)),
                           ensure_ascii=False)
@@ -92,6 +94,31 @@ def payload_text(payload) -> str:
     if isinstance(payload, str):
         return payload
     return json.dumps(payload, ensure_ascii=False)
+
+
+def _raw_chat_content(request: GenerationRequest) -> str:
+    """A raw chat (no template): the reply names the last user message, so that a conversation can be followed."""
+    digest = hashlib.sha256(json.dumps([request.messages, request.model], sort_keys=True).encode()).hexdigest()[:16]
+    last = next((m["content"] for m in reversed(request.messages) if m.get("role") == "user"), "")
+    excerpt = " ".join(last.split())[:80]
+    if request.mode == "json" and request.output_schema:
+        return json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
+    if request.mode == "json":
+        return json.dumps({"mock": True, "model": request.model, "digest": digest, "reply_to": excerpt},
+                          ensure_ascii=False)
+    return f"[mock {digest}] {request.model} would now answer: {excerpt}"
+
+
+def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
+    prompt_words = sum(len(m["content"].split()) for m in request.messages)
+    return ProviderReply(
+        content=content,
+        model=request.model,
+        prompt_tokens=prompt_words,
+        completion_tokens=len(content.split()),
+        upstream_ms=round((time.perf_counter() - started) * 1000, 2),
+        finish_reason="stop",
+    )
 
 
 def schema_instance(schema: dict, label: str, name: str = "", *, echo: str = ""):
@@ -136,14 +163,3 @@ def schema_instance(schema: dict, label: str, name: str = "", *, echo: str = "")
     if kind == "boolean":
         return True
     return None
-
-
-def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
-    prompt_words = sum(len(m["content"].split()) for m in request.messages)
-    return ProviderReply(
-        content=content,
-        model=request.model,
-        prompt_tokens=prompt_words,
-        completion_tokens=len(content.split()),
-        upstream_ms=round((time.perf_counter() - started) * 1000, 2),
-    )

@@ -78,6 +78,8 @@ class OllamaProvider:
             completion_tokens=reply.get("eval_count"),
             upstream_ms=round((time.perf_counter() - started) * 1000, 2),
             attempts=attempts,
+            finish_reason=_done_reason(reply),
+            durations=_durations(reply),
         )
 
     async def stream(self, request: GenerationRequest) -> OllamaStream:
@@ -97,6 +99,26 @@ class OllamaProvider:
             await stream.aclose()
             raise
         return stream
+
+    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
+
+        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
+        """
+        where = f"Ollama at {self.shown_url}"
+        try:
+            response = await self.client.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code == 404 and body is not None:
+            raise ModelNotFound(f"Model {body.get('model')!r} is not available on {where}.")
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
+        return data
 
     async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int]:
         """POST /api/chat, trying again (at most max_retries times) after failures that may pass."""
@@ -241,6 +263,8 @@ class OllamaStream:
                 completion_tokens=chunk.get("eval_count"),
                 upstream_ms=round((time.perf_counter() - self.started) * 1000, 2),
                 attempts=self.attempts,
+                finish_reason=_done_reason(chunk),
+                durations=_durations(chunk),
             )
         return piece
 
@@ -253,6 +277,19 @@ def _chat_body(request: GenerationRequest, *, stream: bool) -> dict:
     if request.options:
         body["options"] = request.options
     return body
+
+
+DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+
+
+def _durations(reply: dict) -> dict:
+    return {name: reply[name] for name in DURATIONS
+            if isinstance(reply.get(name), int) and not isinstance(reply.get(name), bool)}
+
+
+def _done_reason(reply: dict) -> str:
+    reason = reply.get("done_reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def _with_attempts(error: GatewayError, attempts: int) -> GatewayError:

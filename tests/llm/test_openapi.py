@@ -23,8 +23,24 @@ def schema(client):
 
 def test_the_schema_is_openapi_3_for_the_llm_api_only(schema):
     assert schema["openapi"].startswith("3.")
-    # No admin, no staff debug endpoints.
-    assert set(schema["paths"]) == {"/api/v1/llm/generate", "/api/v1/llm/templates"}
+    # The native API and the OpenAI dialect; no admin, no staff debug endpoints.
+    assert set(schema["paths"]) == {"/api/v1/llm/generate", "/api/v1/llm/templates", "/v1/chat/completions",
+                                    "/v1/models", "/v1/models/{name}"}
+
+
+def test_the_openai_dialect_is_described_in_openais_shapes(schema):
+    operation = schema["paths"]["/v1/chat/completions"]["post"]
+    components = schema["components"]["schemas"]
+
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"}
+    assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    for status in ("400", "401", "403", "404", "429", "502"):
+        error = operation["responses"][status]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/OpenAIError"}
+    assert set(components["OpenAIError"]["properties"]["error"]["required"]) == {"message", "type", "param", "code"}
+    request = components["ChatCompletionRequest"]
+    assert request["additionalProperties"] is False and request["properties"]["n"]["enum"] == [1]
 
 
 def test_authentication_is_described(schema):

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from llm import api_keys
 from llm.models import Consumer
+from llm.request_rules import model_name_problem
 
 
 class Command(BaseCommand):
@@ -19,8 +20,13 @@ class Command(BaseCommand):
                             help="refuse the key after this many days (default: never)")
         parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
                             help="set the consumer's own generations per minute (0: unlimited)")
+        parser.add_argument("--models", metavar="A,B",
+                            help="limit the consumer to these models (comma-separated; '' lifts the limit)")
+        parser.add_argument("--templates-only", action="store_true",
+                            help="bar the consumer from raw prompts: native template API only, no OpenAI- or "
+                                 "Ollama-compatible chat")
 
-    def handle(self, *args, name, expires_in_days, rate_limit, **options):
+    def handle(self, *args, name, expires_in_days, rate_limit, models=None, templates_only=False, **options):
         name = name.strip()
         if not name or len(name) > Consumer._meta.get_field("name").max_length:
             raise CommandError("NAME must be 1 to 100 characters.")
@@ -28,17 +34,32 @@ class Command(BaseCommand):
             raise CommandError("--expires-in-days must be at least 1.")
         if rate_limit is not None and rate_limit < 0:
             raise CommandError("--rate-limit must be 0 (unlimited) or more.")
+        if models is not None:
+            for model in (m.strip() for m in models.split(",") if m.strip()):
+                problem = model_name_problem(model)
+                if problem:
+                    raise CommandError(f"--models: {model!r}: {problem}")
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
         with transaction.atomic():
             consumer, created = Consumer.objects.get_or_create(name=name)
             if rate_limit is not None:
                 consumer.rate_limit_per_minute = rate_limit
                 consumer.save(update_fields=["rate_limit_per_minute"])
+            if models is not None:
+                consumer.allowed_models = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+                consumer.save(update_fields=["allowed_models"])
+            if templates_only:
+                consumer.templates_only = True
+                consumer.save(update_fields=["templates_only"])
             key, raw = api_keys.issue_key(consumer, expires_at=expires_at)
         if not consumer.is_active:
             self.stderr.write(f"Warning: consumer {name!r} is disabled; its keys are refused until it is enabled.")
         self.stdout.write(f"{'Created consumer' if created else 'Consumer'} {name!r}; "
                           f"new API key gw_{key.prefix}… "
                           + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
+        if consumer.allowed_models:
+            self.stdout.write(f"Models it may use: {', '.join(consumer.allowed_models)}.")
+        if consumer.templates_only:
+            self.stdout.write("Prompt templates only: no raw prompts through the OpenAI or Ollama endpoints.")
         self.stdout.write("Store it now: it is not shown again. Send it as 'Authorization: Bearer <key>'.")
         self.stdout.write(raw)

@@ -1,0 +1,52 @@
+"""What every front door reads from an HTTP request the same way: the caller, the body, and Server-Timing."""
+
+from __future__ import annotations
+
+from gateway_project.middleware import annotate_request_log
+from llm import api_keys, services
+
+
+def caller_of(request, *, basic: bool = False) -> services.Caller:
+    """Who asks; with `basic`, the key may also come as the password of HTTP Basic auth."""
+    try:
+        presented, refusal = api_keys.presented_key(request.META, basic=basic), None
+    except api_keys.KeyRefused as exc:
+        presented, refusal = None, exc
+    return services.Caller(presented_key=presented, refusal=refusal, client_ip=request.META.get("REMOTE_ADDR"),
+                           user_agent=request.META.get("HTTP_USER_AGENT", ""))
+
+
+def annotate_consumer(request, caller: services.Caller) -> None:
+    key = caller.api_key or getattr(caller.refusal, "api_key", None)
+    annotate_request_log(request, consumer=key.consumer.name if key else None)
+
+
+def read_body(request, limit: int) -> tuple[bytes, int]:
+    """The body, unless its declared size is over the limit: then it is not read at all."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return b"", declared
+    body = request.body
+    return body, len(body)
+
+
+def server_timing(timing: services.Timing) -> str:
+    """`upstream` is the wait for the provider, `gateway` the rest: for a stream, up to its first byte."""
+    total = timing.total_ms()
+    upstream = min(timing.upstream_ms, total)
+    return f"upstream;dur={upstream:.2f}, gateway;dur={total - upstream:.2f}"
+
+
+async def generate(request, *, caller: services.Caller, door: services.FrontDoor):
+    """services.generate for an HTTP request through `door`; the consumer annotated on the log line either way."""
+    body, body_size = read_body(request, door.max_body_bytes)
+    try:
+        return await services.generate(
+            request_id=request.request_id, body=body, body_size=body_size,
+            content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller,
+            door=door)
+    finally:
+        annotate_consumer(request, caller)

@@ -1,0 +1,224 @@
+"""The OpenAPI description of the OpenAI dialect, written by hand: plain async Django views serve it, which
+drf-spectacular cannot read, and its wire format is OpenAI's rather than the gateway's serializers.
+
+The request schema is exactly as strict as llm.dialects.openai.parse (the fuzz run checks that what it forbids is
+refused): parameters the gateway cannot honour appear only with the default values it accepts.
+"""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.views import APIView
+
+from llm.authentication import ApiKeyAuthentication
+from llm.request_rules import INT32, MAX_CONTEXT_TOKENS, MODEL_NAME_MAX_LENGTH
+
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    # OpenAPI 3.0: "nullable", not a null type.
+    return {**schema, "nullable": True}
+
+
+def _number(low, high, kind="number") -> dict:
+    return _nullable({"type": kind, "minimum": low, "maximum": high})
+
+
+_EMPTY = {"type": "array", "maxItems": 0, "nullable": True}
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+
+COMPONENTS = {
+    "ChatCompletionRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX_LENGTH, "pattern": MODEL_PATTERN,
+                      "description": "An Ollama model the consumer may use (GET /v1/models)."},
+            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+            "stream": _nullable({"type": "boolean"}),
+            "stream_options": _nullable({"type": "object", "additionalProperties": False,
+                                         "properties": {"include_usage": {"type": "boolean"}},
+                                         "description": "Only with stream: true."}),
+            "temperature": _number(0, 2),
+            "top_p": _number(0, 1),
+            "max_tokens": _number(-2, MAX_CONTEXT_TOKENS, "integer"),
+            "max_completion_tokens": _number(-2, MAX_CONTEXT_TOKENS, "integer"),
+            "stop": {"anyOf": [{"type": "string", "maxLength": 100, "nullable": True},
+                               {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 100}}]},
+            "seed": _number(-INT32 - 1, INT32, "integer"),
+            "frequency_penalty": _number(-2, 2),
+            "presence_penalty": _number(-2, 2),
+            "response_format": {"anyOf": [
+                {"type": "object", "required": ["type"], "nullable": True,
+                 "properties": {"type": {"type": "string", "enum": ["text"]}}},
+                {"type": "object", "required": ["type"],
+                 "properties": {"type": {"type": "string", "enum": ["json_object"]}}},
+                {"type": "object", "required": ["type", "json_schema"],
+                 "properties": {"type": {"type": "string", "enum": ["json_schema"]},
+                                "json_schema": {"type": "object", "required": ["schema"],
+                                                "properties": {"name": {"type": "string"},
+                                                               "schema": {"type": "object"},
+                                                               "strict": _nullable({"type": "boolean"})}}}},
+            ]},
+            "user": _nullable({"type": "string", "maxLength": 256}),
+            "n": _nullable({"type": "integer", "enum": [1]}),
+            "logprobs": _nullable({"type": "boolean", "enum": [False]}),
+            "tools": _EMPTY,
+            "tool_choice": _nullable({"type": "string", "enum": ["none", "auto"]}),
+            "parallel_tool_calls": _nullable({"type": "boolean"}),
+        },
+        "description": "OpenAI's chat completion request. Unsupported parameters (n > 1, logit_bias, tools, "
+                       "logprobs: true, audio, …) are refused with a 400 naming them.",
+    },
+    "ChatMessage": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["role"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "content": {"anyOf": [{"type": "string", "nullable": True}, {"type": "array", "items": _TEXT_PART}],
+                        "description": "Text, or text parts; null only for an assistant message."},
+            "name": _nullable({"type": "string"}),
+            "tool_calls": _EMPTY,
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string", "description": "chatcmpl-<the audit row's id>"},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {
+                "type": "object", "required": ["index", "message", "finish_reason"],
+                "properties": {"index": {"type": "integer"},
+                               "message": {"type": "object", "required": ["role", "content"],
+                                           "properties": {"role": {"type": "string"},
+                                                          "content": {"type": "string"}}},
+                               "finish_reason": {"type": "string", "enum": ["stop", "length"]}}}},
+            "usage": _ref("ChatCompletionUsage"),
+        },
+    },
+    "ChatCompletionUsage": {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+        "properties": {name: {"type": "integer", "minimum": 0}
+                       for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    },
+    "OpenAIModel": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
+                       "created": {"type": "integer"}, "owned_by": {"type": "string"}},
+    },
+    "OpenAIModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"type": "string", "enum": ["list"]},
+                       "data": {"type": "array", "items": _ref("OpenAIModel")}},
+    },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
+            "properties": {"message": {"type": "string"},
+                           "type": {"type": "string", "description": "invalid_request_error, "
+                                                                     "authentication_error, permission_error, "
+                                                                     "rate_limit_error, server_error"},
+                           "param": {"type": "string", "nullable": True, "description": "The parameter at fault."},
+                           "code": {"type": "string", "nullable": True,
+                                    "description": "The gateway's error type: rate_limited, model_not_found, …"}}}},
+    },
+}
+
+
+# One server-sent event: its data is a chat.completion.chunk (or the error object) as JSON, or [DONE] at the end.
+SSE_EVENT = {"type": "object", "properties": {
+    "event": {"type": "string"},
+    "data": {"type": "string", "description": 'A chat.completion.chunk as JSON, `{"error": {…}}`, or [DONE].'}}}
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(_ref("OpenAIError"), description=description)
+
+
+OPENAI_ERRORS = {
+    400: _error("The request is invalid or asks for what the gateway does not support; `param` names it. "
+                "Sent with `x-should-retry: false`."),
+    401: _error("No API key, or not a valid one."),
+    403: _error("model_not_allowed (the consumer may not use this model) or raw_prompts_not_allowed (its keys "
+                "may use prompt templates only)."),
+    404: _error("model_not_found: the model is not on the Ollama server."),
+    413: _error("payload_too_large: the body is over CHAT_MAX_BODY_BYTES (1 MiB by default)."),
+    415: _error("unsupported_media_type: the body must be application/json."),
+    429: _error("rate_limited: the consumer's generations per minute are used up; `Retry-After` says for how long."),
+    502: _error("upstream_error or invalid_output, after the gateway's own retries (`x-should-retry: false`)."),
+    503: _error("upstream_unavailable, upstream_busy or audit_unavailable."),
+    504: _error("upstream_timeout."),
+}
+
+
+def add_components(result, generator, request, public):
+    """drf-spectacular postprocessing hook: the OpenAI dialect's schemas, referenced by the operations below."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+    return result
+
+
+class ChatCompletionsOperation(APIView):
+    """The OpenAPI description of POST /v1/chat/completions (served by llm.dialects.openai; never called)."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = []
+
+    @extend_schema(
+        operation_id="openai_chat_completions",
+        tags=["openai"],
+        summary="Chat completion (OpenAI-compatible)",
+        description="OpenAI's chat completions over the gateway's models: point an OpenAI client's base URL at "
+                    "`/v1` and use a gateway API key. Audited, rate-limited and routed like a native generation "
+                    "(one audit row whose id is in `id` and in X-Request-ID). With `stream: true` the answer is "
+                    "`text/event-stream`: `chat.completion.chunk` events, then `data: [DONE]`; with "
+                    "`stream_options.include_usage` a last chunk with empty `choices` and `usage`; an error after "
+                    "the stream started is one `data: {\"error\": …}` event.",
+        request={"application/json": _ref("ChatCompletionRequest")},
+        responses={(200, "application/json"): _ref("ChatCompletion"),
+                   (200, "text/event-stream"): SSE_EVENT, **OPENAI_ERRORS},
+    )
+    def post(self, request):
+        raise NotImplementedError("served by llm.dialects.openai.chat_completions")
+
+
+class ModelsOperation(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = []
+
+    @extend_schema(operation_id="openai_models", tags=["openai"], summary="List models (OpenAI-compatible)",
+                   description="The models the calling consumer may use. Not a generation: no audit row, no rate "
+                               "limit.",
+                   responses={200: _ref("OpenAIModelList"), 401: OPENAI_ERRORS[401], 502: OPENAI_ERRORS[502],
+                              503: OPENAI_ERRORS[503], 504: OPENAI_ERRORS[504]})
+    def get(self, request):
+        raise NotImplementedError("served by llm.dialects.openai.models")
+
+
+class ModelOperation(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = []
+
+    @extend_schema(operation_id="openai_model", tags=["openai"], summary="Retrieve a model (OpenAI-compatible)",
+                   parameters=[OpenApiParameter("name", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                                description="A model name, e.g. qwen2.5:7b.")],
+                   responses={200: _ref("OpenAIModel"),
+                              404: _error("Not a model the consumer may use, or not on the server."),
+                              401: OPENAI_ERRORS[401], 502: OPENAI_ERRORS[502], 503: OPENAI_ERRORS[503],
+                              504: OPENAI_ERRORS[504]})
+    def get(self, request, name):
+        raise NotImplementedError("served by llm.dialects.openai.model")
