@@ -134,10 +134,3 @@ async def drain(grace: float, *, settle: float = 10.0) -> None:
     while _generations and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
-
-def reset_for_tests() -> None:
-    _draining.clear()
-    _ending.clear()
-    _generations.clear()
-    with _consumer_lock:
-        _consumer_in_flight.clear()

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 
 from django.conf import settings
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway_project.middleware import annotate_request_log
@@ -78,35 +78,36 @@ async def chat_completions(request):
 @csrf_exempt  # answered 405, not the CSRF failure page
 async def models(request):
     """GET /v1/models: the models the calling consumer may use."""
-    if request.method != "GET":
-        return _method_not_allowed(request, "GET")
-    caller = http.caller_of(request)
-    try:
-        entries = await listings.models(caller)
-    except GatewayError as exc:
-        return error_response(request, exc)
-    finally:
-        http.annotate_consumer(request, caller)
+    entries = await _listed(request)
+    if isinstance(entries, HttpResponse):
+        return entries
     return JsonResponse({"object": "list", "data": [_model(entry) for entry in entries]})
 
 
 @csrf_exempt  # answered 405, not the CSRF failure page
 async def model(request, name: str):
     """GET /v1/models/{model}: one of them; 404 for a model the consumer may not use, as for one that is missing."""
-    if request.method != "GET":
-        return _method_not_allowed(request, "GET")
-    caller = http.caller_of(request)
-    try:
-        entries = await listings.models(caller)
-    except GatewayError as exc:
-        return error_response(request, exc)
-    finally:
-        http.annotate_consumer(request, caller)
+    entries = await _listed(request)
+    if isinstance(entries, HttpResponse):
+        return entries
     for entry in entries:
         if name in (entry.get("name"), entry.get("model")):
             return JsonResponse(_model(entry))
     return _error(request, 404, f"The model {name!r} does not exist or you do not have access to it.",
                   code="model_not_found", param="model")
+
+
+async def _listed(request) -> list[dict] | HttpResponse:
+    """The models the caller may use, or the error response (405, 401) that answers the request instead."""
+    if request.method != "GET":
+        return _method_not_allowed(request, "GET")
+    caller = http.caller_of(request)
+    try:
+        return await listings.models(caller)
+    except GatewayError as exc:
+        return error_response(request, exc)
+    finally:
+        http.annotate_consumer(request, caller)
 
 
 @csrf_exempt
