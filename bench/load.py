@@ -62,6 +62,9 @@ def parse_args(argv):
     parser.add_argument("--ttfb", type=int, default=300, help="TTFB sequential pairs (default 300)")
     parser.add_argument("--skip-p1", action="store_true", help="leave out P1")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a gateway setting for the load phases, e.g. --set DATABASE_POOL_SIZE=4 (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, SQLite file) and say where")
     args = parser.parse_args(argv)
     if not 1 <= args.connections <= 5000 or not 1 <= args.duration <= 300 or not 1 <= args.streams <= 5000:
         parser.error("--connections 1-5000, --duration 1-300 s, --streams 1-5000")
@@ -211,7 +214,9 @@ class HealthProbe(threading.Thread):
 def logged_generate_requests(log: Path) -> int:
     count = 0
     for line in log.read_text(errors="replace").splitlines():
-        if '"logger": "gateway.request"' in line and f'"path": "{GENERATE_PATH}"' in line:
+        # POSTs only: the start-up probe's GET (405) is no generation and leaves no row.
+        if ('"logger": "gateway.request"' in line and f'"path": "{GENERATE_PATH}"' in line
+                and '"method": "POST"' in line):
             count += 1
     return count
 
@@ -294,6 +299,7 @@ def load_phases(args, stack, workdir: Path) -> dict:
                           "--chunk-delay", "0.05")
     env = overhead.gateway_environment(database.url, slow_url, "info", workdir)
     env.update({"UPSTREAM_MAX_IN_FLIGHT": "0", "RATE_LIMIT_PER_MINUTE": "0", "OLLAMA_TIMEOUT": "60"})
+    env.update(dict(item.split("=", 1) for item in args.set))
     overhead.migrate(env)
     key = overhead.create_api_key(env)
     gateway_body, direct_body = overhead.request_bodies("json")
@@ -363,7 +369,10 @@ def main(argv=None) -> int:
             figures["p1"] = overhead.benchmark(p1, f"P1 of bench/load.py --database {args.database}")
         with contextlib.ExitStack() as stack:
             workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-load-"))
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            if args.keep:
+                print(f"keeping {workdir}", flush=True)
+            else:
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             figures.update(load_phases(args, stack, workdir))
     except overhead.BenchmarkError as exc:
         print(f"load: {exc}", file=sys.stderr)

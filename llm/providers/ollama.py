@@ -7,6 +7,7 @@ import json
 import random
 import time
 import weakref
+from typing import Callable
 
 import httpx
 
@@ -26,47 +27,84 @@ RETRIED_STATUS_MIN = 500
 TOO_MANY_REQUESTS = 429
 # No single pause between tries is longer than this, whatever the backoff or a Retry-After header say.
 MAX_BACKOFF_SECONDS = 10.0
+# Connections per pooled client. httpcore's pool checks every connection it holds on every request (a poll() per
+# idle one): one client with 500 keep-alive connections spent most of the event loop on that, and one keeping
+# fewer alive than were in flight paid a new TCP connection per call. Calls spread over clients of this size.
+SHARD_CONNECTIONS = 32
+
+
+class ClientShards:
+    """Pooled clients of SHARD_CONNECTIONS each, filled in order: a call leases the first one with room, so that a
+    quiet gateway uses one client and one keep-alive connection, and a busy one as many clients as it needs."""
+
+    def __init__(self, new_client: Callable[[], httpx.AsyncClient]):
+        self.new_client = new_client
+        self.clients: list[httpx.AsyncClient] = []
+        self.leased: list[int] = []
+
+    def lease(self) -> tuple[httpx.AsyncClient, Callable[[], None]]:
+        index = next((i for i, count in enumerate(self.leased) if count < SHARD_CONNECTIONS), None)
+        if index is None:
+            index = len(self.clients)
+            self.clients.append(self.new_client())
+            self.leased.append(0)
+        self.leased[index] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.leased[index] -= 1
+
+        return self.clients[index], release
+
+
+def _nothing() -> None:
+    pass
 
 
 class OllamaProvider:
     name = "ollama"
 
     def __init__(self, *, base_url: str, timeout: float, connect_timeout: float, max_retries: int = 0,
-                 retry_backoff: float = 0.5, max_connections: int | None = None):
+                 retry_backoff: float = 0.5):
         self.base_url = base_url.rstrip("/")
         self.shown_url = mask_url(self.base_url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        self.max_connections = max_connections
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client of the running event loop: one per worker process in production.
+    def _shards(self) -> ClientShards:
+        """The running event loop's clients: one set per worker process in production.
 
-        A client per request would pay a new TCP (and TLS) handshake each time; its connections belong to the loop
-        that opened them, so a second loop (a test's) gets a client of its own.
+        A client per request would pay a new TCP (and TLS) handshake each time; the connections belong to the loop
+        that opened them, so a second loop (a test's) gets clients of its own.
         """
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = httpx.AsyncClient(
-                base_url=self.base_url,
-                timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=self.connect_timeout),
-                # The gateway's own cap (UPSTREAM_MAX_IN_FLIGHT) decides how many calls run at once, not the pool.
-                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=100,
-                                    keepalive_expiry=30),
-                # trust_env=False: an HTTP_PROXY meant for the internet must not silently reroute calls to a LAN Ollama.
-                trust_env=False,
-                headers={"User-Agent": "llm-gateway"},
-            )
-        return client
+        shards = self._clients.get(loop)
+        if shards is None:
+            shards = self._clients[loop] = ClientShards(self._new_client)
+        return shards
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=self.connect_timeout),
+            # The gateway's own cap (UPSTREAM_MAX_IN_FLIGHT) decides how many calls run at once; each client holds
+            # at most SHARD_CONNECTIONS, all kept alive for the next call.
+            limits=httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS,
+                                keepalive_expiry=30),
+            # trust_env=False: an HTTP_PROXY meant for the internet must not silently reroute calls to a LAN Ollama.
+            trust_env=False,
+            headers={"User-Agent": "llm-gateway"},
+        )
 
     async def generate(self, request: GenerationRequest) -> ProviderReply:
         started = time.perf_counter()
-        response, attempts = await self._send(_chat_body(request, stream=False), stream=False)
+        response, attempts, _ = await self._send(_chat_body(request, stream=False), stream=False)
         try:
             reply = self._parse(response, request.model)
         except GatewayError as exc:
@@ -85,8 +123,8 @@ class OllamaProvider:
     async def stream(self, request: GenerationRequest) -> OllamaStream:
         """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
         started = time.perf_counter()
-        response, attempts = await self._send(_chat_body(request, stream=True), stream=True)
-        stream = OllamaStream(self, response, request.model, started, attempts)
+        response, attempts, release = await self._send(_chat_body(request, stream=True), stream=True)
+        stream = OllamaStream(self, response, request.model, started, attempts, release)
         try:
             if response.status_code != 200:
                 await response.aread()
@@ -106,10 +144,13 @@ class OllamaProvider:
         ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
         """
         where = f"Ollama at {self.shown_url}"
+        client, release = self._shards().lease()
         try:
-            response = await self.client.request(method, path, json=body)
+            response = await client.request(method, path, json=body)
         except httpx.TransportError as exc:
             raise self.transport_error(exc) from None
+        finally:
+            release()
         try:
             data = response.json()
         except ValueError:
@@ -120,26 +161,37 @@ class OllamaProvider:
             raise UpstreamError(f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
         return data
 
-    async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int]:
-        """POST /api/chat, trying again (at most max_retries times) after failures that may pass."""
+    async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int, Callable[[], None]]:
+        """POST /api/chat, trying again (at most max_retries times) after failures that may pass.
+
+        Returns the response, the attempts made and the release of the client it came through: at once for a
+        read response, once the stream is closed for a streamed one.
+        """
         attempt = 0
         while True:
             attempt += 1
             retries_left = attempt <= self.max_retries
+            client, release = self._shards().lease()
             try:
-                response = await self.client.send(self.client.build_request("POST", "/api/chat", json=body),
-                                                  stream=stream)
+                response = await client.send(client.build_request("POST", "/api/chat", json=body), stream=stream)
             except httpx.TransportError as exc:
+                release()
                 if retries_left and isinstance(exc, RETRIED_TRANSPORT_ERRORS):
                     await self._pause(attempt)
                     continue
                 raise _with_attempts(self.transport_error(exc), attempt) from None
+            except BaseException:
+                release()
+                raise
             busy = response.status_code == TOO_MANY_REQUESTS or response.status_code >= RETRIED_STATUS_MIN
             if retries_left and busy:
                 await response.aclose()
+                release()
                 await self._pause(attempt, retry_after=response.headers.get("Retry-After"))
                 continue
-            return response, attempt
+            if not stream:
+                release()
+            return response, attempt, release
 
     async def _pause(self, attempt: int, *, retry_after: str | None = None) -> None:
         """Exponential backoff with jitter, so that requests retrying together do not arrive together."""
@@ -192,9 +244,10 @@ class OllamaStream:
     """Ollama's NDJSON chat stream: one {"message": {"content": ...}, "done": false} line a piece, then the counts."""
 
     def __init__(self, provider: OllamaProvider, response: httpx.Response, model: str, started: float,
-                 attempts: int):
+                 attempts: int, release: Callable[[], None]):
         self.provider = provider
         self.response = response
+        self._release = release
         self.model = model
         self.started = started
         self.attempts = attempts
@@ -221,7 +274,11 @@ class OllamaStream:
 
     async def aclose(self) -> None:
         """Close the upstream response: when the client went away, Ollama sees the request cancelled."""
-        await self.response.aclose()
+        try:
+            await self.response.aclose()
+        finally:
+            release, self._release = self._release, _nothing
+            release()
 
     async def _next_piece(self, *, before_first: bool) -> str:
         where = f"Ollama at {self.provider.shown_url}"
