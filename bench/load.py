@@ -182,7 +182,8 @@ class Sampler(threading.Thread):
                 if conn is not None:
                     # Everyone's connections to the benchmark database but this sampler's own.
                     count = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                                         "pg_backend_pid()", (self.postgres_db,)).fetchone()[0]
+                                         "pg_backend_pid() AND application_name <> %s",
+                                         (self.postgres_db, PROBE_NAME)).fetchone()[0]
                     self.peak_connections = max(self.peak_connections, count)
                 self.stopped.wait(self.interval)
         finally:
@@ -223,6 +224,8 @@ def logged_generate_requests(log: Path) -> int:
 
 def drained_counts(env: dict, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
+    # Named, so that the connection sampler leaves this probe's own connection out.
+    env = {**env, "PGAPPNAME": PROBE_NAME}
     while True:
         counts = json.loads(overhead.run_python(env, "-c", COUNTS_PROBE).strip().splitlines()[-1])
         if counts["pending"] == 0 or time.monotonic() > deadline:
@@ -230,6 +233,7 @@ def drained_counts(env: dict, timeout: float = 60) -> dict:
         time.sleep(1)
 
 
+PROBE_NAME = "llm-gateway-bench-probe"
 COUNTS_PROBE = """
 import json, django
 django.setup()
@@ -245,6 +249,8 @@ async def concurrent_streams(url: str, key: str, body: dict, count: int) -> dict
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
     started = time.perf_counter()
 
+    failures: list[str] = []
+
     async def one(client):
         try:
             async with client.stream("POST", GENERATE_PATH, json=body) as response:
@@ -252,15 +258,19 @@ async def concurrent_streams(url: str, key: str, body: dict, count: int) -> dict
                 async for line in response.aiter_lines():
                     if line.strip():
                         last = json.loads(line)
-                return response.status_code == 200 and last and last.get("done") and "error" not in last
-        except httpx.HTTPError:
+                ok = response.status_code == 200 and last and last.get("done") and "error" not in last
+                if not ok:
+                    failures.append(f"{response.status_code} {json.dumps(last)[:300]}")
+                return ok
+        except httpx.HTTPError as exc:
+            failures.append(f"{exc.__class__.__name__}: {exc}")
             return False
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, trust_env=False,
                                  headers={"Authorization": f"Bearer {key}"}) as client:
         results = await asyncio.gather(*(one(client) for _ in range(count)))
     return {"completed": sum(1 for r in results if r), "of": count,
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2), "failures": sorted(set(failures))[:5]}
 
 
 def ttfb_pairs(gateway_url: str, direct_url: str, key: str, gateway_body: dict, direct_body: dict, count: int):

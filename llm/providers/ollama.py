@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import weakref
@@ -17,11 +18,13 @@ from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound
 
 from .base import GenerationRequest, ProviderReply
 
+logger = logging.getLogger("llm.providers")
+
 # Failures worth another try: Ollama could not be reached, or dropped the connection before a full reply (a
 # restarting server, a stale keep-alive connection). A read timeout is not among them: it has already waited
 # OLLAMA_TIMEOUT, and trying again would make the client wait that long once more.
 RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                            httpx.WriteError)
+                            httpx.WriteError, httpx.PoolTimeout)
 # Busy (429) or failing (5xx): worth another try. Other 4xx say the request itself is wrong: never retried.
 RETRIED_STATUS_MIN = 500
 TOO_MANY_REQUESTS = 429
@@ -58,6 +61,12 @@ class ClientShards:
                 self.leased[index] -= 1
 
         return self.clients[index], release
+
+    def discard(self, client: httpx.AsyncClient) -> None:
+        """Replace a client whose pool has lost connection slots to cancelled requests (encode/httpcore#1093: only
+        a new pool recovers). Calls still running on it finish there."""
+        if client in self.clients:
+            self.clients[self.clients.index(client)] = self.new_client()
 
 
 def _nothing() -> None:
@@ -171,11 +180,18 @@ class OllamaProvider:
         while True:
             attempt += 1
             retries_left = attempt <= self.max_retries
-            client, release = self._shards().lease()
+            shards = self._shards()
+            client, release = shards.lease()
             try:
                 response = await client.send(client.build_request("POST", "/api/chat", json=body), stream=stream)
             except httpx.TransportError as exc:
                 release()
+                if isinstance(exc, httpx.PoolTimeout):
+                    # Leases keep a client's calls within its pool, so a wait for a pooled connection means the
+                    # pool leaked slots; nothing was sent, and a new client is as good as a retry.
+                    logger.warning("upstream client pool exhausted by leaked connections; replaced",
+                                   extra={"base_url": self.shown_url})
+                    shards.discard(client)
                 if retries_left and isinstance(exc, RETRIED_TRANSPORT_ERRORS):
                     await self._pause(attempt)
                     continue
@@ -207,6 +223,8 @@ class OllamaProvider:
             return UpstreamUnavailable(f"No connection to {where} within {self.connect_timeout:g}s.")
         if isinstance(exc, httpx.ConnectError):
             return UpstreamUnavailable(f"Cannot connect to {where}: {_reason(exc)}.")
+        if isinstance(exc, httpx.PoolTimeout):
+            return UpstreamUnavailable(f"No pooled connection to {where} became free within {self.connect_timeout:g}s.")
         if isinstance(exc, httpx.TimeoutException):
             if mid_stream:
                 return UpstreamTimeout(f"{where} sent nothing for {self.timeout:g}s mid-stream (OLLAMA_TIMEOUT).")

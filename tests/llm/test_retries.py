@@ -219,3 +219,34 @@ def test_mock_and_early_failures_record_attempts(generate, valid_request):
 
     assert_error(generate({"role": 1}), 400, "invalid_request")
     assert only_row().attempts == 0
+
+
+def test_a_client_whose_pool_leaked_its_connections_is_replaced(ollama, generate, valid_request, monkeypatch):
+    """httpcore can lose pool slots to cancelled requests until every call waits for a connection (PoolTimeout,
+    encode/httpcore#1093); the gateway then replaces that client, and the call goes through on the new one."""
+    import httpx
+
+    from llm.providers import get_provider
+
+    ollama.reply = SNS_REPLY
+    provider = get_provider()
+    real_new_client = provider._new_client
+    made = []
+
+    def new_client():
+        if not made:  # the first client's pool is "full" for ever
+            def exhausted(request):
+                raise httpx.PoolTimeout("no connection available", request=request)
+            client = httpx.AsyncClient(base_url=provider.base_url, transport=httpx.MockTransport(exhausted))
+        else:
+            client = real_new_client()
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(provider, "_new_client", new_client)
+
+    response = generate(valid_request)
+
+    assert response.status_code == 200, response.content
+    assert len(made) == 2
+    assert Generation.objects.get().attempts == 2
