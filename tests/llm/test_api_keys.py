@@ -181,8 +181,17 @@ def test_create_api_key_again_adds_a_key_to_the_same_consumer():
     assert timedelta(days=29) < newest.expires_at - timezone.now() <= timedelta(days=30)
 
 
+def test_create_api_key_sets_and_lifts_the_concurrency_cap():
+    lines = run_create_api_key("batch-jobs", "--max-concurrent", "3")
+
+    assert Consumer.objects.get(name="batch-jobs").max_concurrent == 3
+    assert any("At most 3 generations in flight" in line for line in lines)
+    run_create_api_key("batch-jobs", "--max-concurrent", "0")
+    assert Consumer.objects.get(name="batch-jobs").max_concurrent is None
+
+
 @pytest.mark.parametrize("args", [("",), ("x" * 101,), ("crm", "--expires-in-days", "0"),
-                                  ("crm", "--rate-limit", "-1")])
+                                  ("crm", "--rate-limit", "-1"), ("crm", "--max-concurrent", "-2")])
 def test_create_api_key_refuses_bad_arguments(args):
     with pytest.raises(CommandError):
         call_command("create_api_key", *args)

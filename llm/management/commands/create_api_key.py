@@ -20,13 +20,17 @@ class Command(BaseCommand):
                             help="refuse the key after this many days (default: never)")
         parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
                             help="set the consumer's own generations per minute (0: unlimited)")
+        parser.add_argument("--max-concurrent", type=int, metavar="N",
+                            help="generations the consumer may have in flight at once, per gateway process "
+                                 "(0 lifts the cap)")
         parser.add_argument("--models", metavar="A,B",
                             help="limit the consumer to these models (comma-separated; '' lifts the limit)")
         parser.add_argument("--templates-only", action="store_true",
                             help="bar the consumer from raw prompts: native template API only, no OpenAI- or "
                                  "Ollama-compatible chat")
 
-    def handle(self, *args, name, expires_in_days, rate_limit, models=None, templates_only=False, **options):
+    def handle(self, *args, name, expires_in_days, rate_limit, max_concurrent=None, models=None,
+               templates_only=False, **options):
         name = name.strip()
         if not name or len(name) > Consumer._meta.get_field("name").max_length:
             raise CommandError("NAME must be 1 to 100 characters.")
@@ -34,6 +38,8 @@ class Command(BaseCommand):
             raise CommandError("--expires-in-days must be at least 1.")
         if rate_limit is not None and rate_limit < 0:
             raise CommandError("--rate-limit must be 0 (unlimited) or more.")
+        if max_concurrent is not None and max_concurrent < 0:
+            raise CommandError("--max-concurrent must be 0 (no cap) or more.")
         if models is not None:
             for model in (m.strip() for m in models.split(",") if m.strip()):
                 problem = model_name_problem(model)
@@ -45,6 +51,9 @@ class Command(BaseCommand):
             if rate_limit is not None:
                 consumer.rate_limit_per_minute = rate_limit
                 consumer.save(update_fields=["rate_limit_per_minute"])
+            if max_concurrent is not None:
+                consumer.max_concurrent = max_concurrent or None
+                consumer.save(update_fields=["max_concurrent"])
             if models is not None:
                 consumer.allowed_models = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
                 consumer.save(update_fields=["allowed_models"])
@@ -57,6 +66,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{'Created consumer' if created else 'Consumer'} {name!r}; "
                           f"new API key gw_{key.prefix}… "
                           + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
+        if consumer.max_concurrent:
+            self.stdout.write(f"At most {consumer.max_concurrent} generations in flight at once, per gateway process.")
         if consumer.allowed_models:
             self.stdout.write(f"Models it may use: {', '.join(consumer.allowed_models)}.")
         if consumer.templates_only:
