@@ -323,3 +323,17 @@ def test_a_client_that_leaves_during_the_first_database_step_still_leaves_its_ro
     row = wait_for(lambda: Generation.objects.exclude(status="pending").first())
     assert (row.status, row.error_type, row.http_status) == ("failed", "client_disconnected", 499)
     assert Generation.objects.count() == 1
+
+
+def test_a_stream_is_logged_once_when_it_ends_with_its_real_duration(gateway, settings, valid_request, caplog):
+    import logging
+
+    settings.MOCK_RESPONSE_DELAY = 0.4
+    with caplog.at_level(logging.INFO, logger="gateway.request"):
+        response, lines = stream(gateway, valid_request)
+        wait_for(lambda: [r for r in caplog.records if getattr(r, "request_id", None) == lines[-1]["id"]])
+
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == response.headers["x-request-id"]]
+    assert len(records) == 1
+    assert records[0].status == 200 and records[0].stream is True
+    assert records[0].duration_ms >= 400  # the whole stream, not the time to its first byte
