@@ -194,6 +194,20 @@ def site(transactional_db, settings):
         yield SimpleNamespace(url=url)
 
 
+def run_check_ollama(*args) -> tuple[int, str]:
+    """manage.py check_ollama as an operator runs it: its exit status and what it printed."""
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    try:
+        call_command("check_ollama", *args, stdout=out, no_color=True)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
+    return 0, out.getvalue()
+
+
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
     """Poll until predicate() is truthy (its value) or the timeout passes (then the last value)."""
     deadline = time.monotonic() + timeout

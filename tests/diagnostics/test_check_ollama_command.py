@@ -4,26 +4,16 @@ import json
 import os
 import subprocess
 import sys
-from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
 
 from diagnostics.models import ConnectionCheck
+from tests.conftest import run_check_ollama as run
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args):
-    out = StringIO()
-    try:
-        call_command("check_ollama", *args, stdout=out, no_color=True)
-    except CommandError as exc:
-        return exc.returncode, out.getvalue()
-    return 0, out.getvalue()
 
 
 def test_a_passing_check_prints_a_line_per_step_and_exits_0(ollama):

@@ -5,13 +5,12 @@ loopback Ollama with a slow-loading model (the `slow` fault, scaled down: a 1 s 
 """
 
 import json
-from io import StringIO
 
 import pytest
-from django.core.management import CommandError, call_command
 
 from diagnostics.ollama_check import check_ollama_connection
 from tests.conftest import SNS_REPLY, assert_error
+from tests.conftest import run_check_ollama as run
 
 pytestmark = pytest.mark.django_db
 LOAD_SECONDS = 2
@@ -23,15 +22,6 @@ def slow_model(ollama):
     ollama.fault("slow", paths="/api/chat", delay=LOAD_SECONDS)
     ollama.reply = SNS_REPLY
     return ollama
-
-
-def run(*args):
-    out = StringIO()
-    try:
-        call_command("check_ollama", *args, stdout=out, no_color=True)
-    except CommandError as exc:
-        return exc.returncode, out.getvalue()
-    return 0, out.getvalue()
 
 
 def test_a_generation_slower_than_ollama_timeout_fails_the_check_as_it_fails_the_gateway(
