@@ -96,8 +96,11 @@ API_MIDDLEWARE = [
 ]
 # The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of
 # /api/: the debug API, the schema and the docs keep the full chain).
-API_PATH_PREFIXES = ("/api/v1/llm/", "/v1/", "/api/blobs/")
-API_PATHS = ("/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/version",
+# Async views only: the lean handler sends no request_finished, so a sync view's database connection (opened in a
+# thread of its own) would never go back to the pool. The template catalog (a sync DRF view) has the full chain.
+API_PATH_PREFIXES = ("/v1/", "/api/blobs/")
+API_PATHS = ("/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show",
+             "/api/version",
              "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
              "/api/delete")
 

@@ -337,3 +337,11 @@ def test_a_stream_is_logged_once_when_it_ends_with_its_real_duration(gateway, se
     assert len(records) == 1
     assert records[0].status == 200 and records[0].stream is True
     assert records[0].duration_ms >= 400  # the whole stream, not the time to its first byte
+
+
+def test_the_template_catalog_gives_its_database_connection_back(gateway, settings, valid_request):
+    """More catalog reads than the pool has connections (PostgreSQL), then a generation: nothing waits for one."""
+    with gateway.client(timeout=5) as client:
+        for _ in range(settings.DATABASE_POOL_SIZE + 4):
+            assert client.get("/api/v1/llm/templates").status_code == 200
+        assert client.post(GENERATE_URL, json=valid_request).status_code == 200
