@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from llm.errors import InvalidRequest
 from llm.output_schema import schema_problem
 
 # Go's int in Ollama's options is 64 bits wide, but a seed or a count beyond 32 bits is a mistake, not a wish.
@@ -116,6 +117,11 @@ class OllamaOptionsSerializer(serializers.Serializer):
 
 MODEL_NAME = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*\Z", "Must be an Ollama model name such as qwen2.5:7b.")
 MODEL_NAME_MAX_LENGTH = 200
+
+
+def invalid(field: str, message: str) -> InvalidRequest:
+    """A front door's refusal of one of its fields: the message, and the same under that field in `details`."""
+    return InvalidRequest(message, details={field: [message]})
 
 
 def model_name_problem(name) -> str | None:

@@ -1,8 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llm.request_rules import (MODEL_NAME, OllamaOptionsSerializer, StrictBooleanField,  # noqa: F401
-                               StrictCharField, StrictFloatField, StrictIntegerField)
+from llm.request_rules import MODEL_NAME, OllamaOptionsSerializer, StrictBooleanField, StrictCharField
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})

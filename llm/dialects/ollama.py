@@ -21,8 +21,8 @@ from llm import listings, services
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere
 from llm.models import Generation
-from llm.request_rules import JSON, ROLES, TEXT, NeutralRequest, model_name_problem, options_problems, \
-    output_schema_problem
+from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
+                               output_schema_problem)
 
 NDJSON = "application/x-ndjson"
 COMMON_FIELDS = {"model", "format", "options", "stream"}
@@ -145,7 +145,7 @@ def parse_chat(data) -> NeutralRequest:
     _check_fields(data, CHAT_FIELDS)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages", "messages must be a non-empty array")
+        raise invalid("messages", "messages must be a non-empty array")
     return _neutral(data, [_message(m, i) for i, m in enumerate(messages)])
 
 
@@ -155,16 +155,16 @@ def parse_generate(data) -> NeutralRequest:
     prompt, system = data.get("prompt"), data.get("system")
     if not isinstance(prompt, str) or not prompt:
         # An empty prompt is Ollama's "load the model" request, which acts on the server: not a consumer's to make.
-        raise _invalid("prompt", "prompt is required (a non-empty string)")
+        raise invalid("prompt", "prompt is required (a non-empty string)")
     if system is not None and not isinstance(system, str):
-        raise _invalid("system", "system must be a string")
+        raise invalid("system", "system must be a string")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return _neutral(data, messages)
 
 
 def _check_fields(data, allowed: set[str]) -> None:
     if not isinstance(data, dict):
-        raise _invalid("body", "the request body must be a JSON object")
+        raise invalid("body", "the request body must be a JSON object")
     refused = [name for name, value in data.items() if name in REFUSED and value is not None
                and not any(type(value) is type(default) and value == default for default in REFUSED[name])]
     if refused:
@@ -179,15 +179,15 @@ def _check_fields(data, allowed: set[str]) -> None:
 def _message(message, index: int) -> dict:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise _invalid(where, f"{where} must be an object with role and content")
+        raise invalid(where, f"{where} must be an object with role and content")
     role, content = message.get("role"), message.get("content", "")
     if role not in ROLES:
-        raise _invalid(f"{where}.role", f"{where}.role must be system, user or assistant (tools are not supported)")
+        raise invalid(f"{where}.role", f"{where}.role must be system, user or assistant (tools are not supported)")
     if not isinstance(content, str):
-        raise _invalid(f"{where}.content", f"{where}.content must be a string")
+        raise invalid(f"{where}.content", f"{where}.content must be a string")
     extra = [k for k in message if k not in MESSAGE_FIELDS and not (k in MESSAGE_EMPTY_FIELDS and not message[k])]
     if extra:
-        raise _invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}")
+        raise invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}")
     return {"role": role, "content": content}
 
 
@@ -195,15 +195,15 @@ def _neutral(data: dict, messages: list[dict]) -> NeutralRequest:
     model = data.get("model")
     problem = model_name_problem(model)
     if problem:
-        raise _invalid("model", f"model is required: {problem}" if model in (None, "") else f"model: {problem}")
+        raise invalid("model", f"model is required: {problem}" if model in (None, "") else f"model: {problem}")
     stream = data.get("stream")
     if stream is None:
         stream = True  # Ollama streams unless told not to
     elif not isinstance(stream, bool):
-        raise _invalid("stream", "stream must be true or false")
+        raise invalid("stream", "stream must be true or false")
     options = data.get("options") or {}
     if not isinstance(options, dict):
-        raise _invalid("options", "options must be an object")
+        raise invalid("options", "options must be an object")
     problems = options_problems(options)
     if problems:
         shown = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in problems.items())
@@ -221,13 +221,9 @@ def _format(value) -> tuple[str, dict | None]:
     if isinstance(value, dict):
         problem = output_schema_problem(value)
         if problem:
-            raise _invalid("format", f"format: {problem}")
+            raise invalid("format", f"format: {problem}")
         return JSON, value
-    raise _invalid("format", 'format must be "json" or a JSON schema object')
-
-
-def _invalid(field: str, message: str) -> InvalidRequest:
-    return InvalidRequest(message, details={field: [message]})
+    raise invalid("format", 'format must be "json" or a JSON schema object')
 
 
 # -- response ---------------------------------------------------------------------------------------------------------

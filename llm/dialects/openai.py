@@ -19,7 +19,8 @@ from llm import listings, services
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, NotImplementedHere
 from llm.models import Generation
-from llm.request_rules import JSON, TEXT, NeutralRequest, model_name_problem, options_problems, output_schema_problem
+from llm.request_rules import (JSON, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
+                               output_schema_problem)
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 
@@ -129,26 +130,26 @@ async def not_found(request, rest: str = ""):
 def parse(data) -> NeutralRequest:
     """OpenAI's chat completion request as the NeutralRequest; InvalidRequest naming the parameter otherwise."""
     if not isinstance(data, dict):
-        raise _invalid("body", "The request body must be a JSON object.")
+        raise invalid("body", "The request body must be a JSON object.")
     _refuse_unsupported(data)
     model = data.get("model")
     if model is None:
-        raise _invalid("model", "you must provide a model parameter.")
+        raise invalid("model", "you must provide a model parameter.")
     problem = model_name_problem(model)
     if problem:
-        raise _invalid("model", f"model: {problem}")
+        raise invalid("model", f"model: {problem}")
     stream = _optional(data, "stream", bool, False)
     stream_options = data.get("stream_options")
     if stream_options is not None:
         if not stream:
-            raise _invalid("stream_options", "stream_options is only allowed when stream is true.")
+            raise invalid("stream_options", "stream_options is only allowed when stream is true.")
         if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"} or \
                 not isinstance(stream_options.get("include_usage", False), bool):
-            raise _invalid("stream_options", 'stream_options must be {"include_usage": true or false}.')
+            raise invalid("stream_options", 'stream_options must be {"include_usage": true or false}.')
     mode, schema = _response_format(data.get("response_format"))
     user = _optional(data, "user", str, "")
     if len(user) > 256:
-        raise _invalid("user", "user must be at most 256 characters.")
+        raise invalid("user", "user must be at most 256 characters.")
     return NeutralRequest(messages=_messages(data.get("messages")), model=model, options=_options(data),
                           mode=mode, output_schema=schema, stream=stream, user=user)
 
@@ -184,28 +185,28 @@ def _optional(data: dict, name: str, kind: type, default):
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise _invalid(name, f"{name} must be a {kind.__name__.replace('str', 'string').replace('bool', 'boolean')}.")
+        raise invalid(name, f"{name} must be a {kind.__name__.replace('str', 'string').replace('bool', 'boolean')}.")
     return value
 
 
 def _messages(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages", "messages must be a non-empty array of messages.")
+        raise invalid("messages", "messages must be a non-empty array of messages.")
     chat = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _invalid(where, f"{where} must be an object with role and content.")
+            raise invalid(where, f"{where} must be an object with role and content.")
         role = message.get("role")
         if role not in MESSAGE_ROLES:
-            raise _invalid(f"{where}.role", f"{where}.role {str(role)[:40]!r} is not supported: use system, "
+            raise invalid(f"{where}.role", f"{where}.role {str(role)[:40]!r} is not supported: use system, "
                                             "developer, user or assistant (tools are not supported).")
         extra = [k for k in message if k not in MESSAGE_FIELDS
                  and not (k in MESSAGE_EMPTY_FIELDS and _is_one_of(message[k], (None, "", [], {})))]
         if extra:
-            raise _invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}.")
+            raise invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}.")
         if message.get("name") is not None and not isinstance(message["name"], str):
-            raise _invalid(f"{where}.name", f"{where}.name must be a string.")
+            raise invalid(f"{where}.name", f"{where}.name must be a string.")
         chat.append({"role": MESSAGE_ROLES[role], "content": _content(message.get("content"), where, role)})
     return chat
 
@@ -216,12 +217,12 @@ def _content(content, where: str, role: str) -> str:
     if content is None and role == "assistant":
         return ""
     if not isinstance(content, list):
-        raise _invalid(f"{where}.content", f"{where}.content must be a string or an array of text parts.")
+        raise invalid(f"{where}.content", f"{where}.content must be a string or an array of text parts.")
     texts = []
     for index, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
             kind = part.get("type") if isinstance(part, dict) else None
-            raise _invalid(f"{where}.content[{index}]",
+            raise invalid(f"{where}.content[{index}]",
                            f"{where}.content[{index}]: only text parts are supported"
                            + (f", not {str(kind)[:40]!r}." if kind else "."))
         texts.append(part["text"])
@@ -235,7 +236,7 @@ def _options(data: dict) -> dict:
         if value is None:
             continue
         if option in options and options[option] != value:
-            raise _invalid(name, "Send max_completion_tokens or max_tokens, not both with different values.")
+            raise invalid(name, "Send max_completion_tokens or max_tokens, not both with different values.")
         if name == "stop" and isinstance(value, str):
             value = [value]
         options[option], named[option] = value, name
@@ -261,13 +262,9 @@ def _response_format(value) -> tuple[str, dict | None]:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         problem = output_schema_problem(schema)
         if problem:
-            raise _invalid("response_format", f"response_format.json_schema.schema: {problem}")
+            raise invalid("response_format", f"response_format.json_schema.schema: {problem}")
         return JSON, schema
-    raise _invalid("response_format", "response_format.type must be text, json_object or json_schema.")
-
-
-def _invalid(param: str, message: str) -> InvalidRequest:
-    return InvalidRequest(message, details={param: [message]})
+    raise invalid("response_format", "response_format.type must be text, json_object or json_schema.")
 
 
 def _include_usage(body) -> bool:
