@@ -13,11 +13,13 @@ is audited with its consumer like any other.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
+import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings
@@ -27,12 +29,14 @@ from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
 from llm import admission, api_keys, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
-                        NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown, UnsupportedMediaType,
-                        UpstreamTimeout)
-from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
+                        NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown,
+                        UnsupportedMediaType, UpstreamTimeout)
+from llm.images import RemoteImage, UnreadableImage
+from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion, ToolSet, audit_calls, audit_prompt
 from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
+from llm.providers.base import Image, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall, ToolCallsDelta
 from llm.request_rules import TEXT, NeutralRequest
 from llm.routing import Route, candidate_models
 from llm.selectors import current_version_for
@@ -54,6 +58,8 @@ class Caller:
     client_ip: str | None = None
     user_agent: str = ""
     api_key: ApiKey | None = None
+    end_user: str = ""  # named by a header (END_USER_HEADERS): a chat UI's user behind the consumer's shared key
+    origin: str = ""  # the browser origin the request came from, if a browser sent it
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,12 @@ class FrontDoor:
     that even a refused request shows what it asked for. `masks_secrets`: the body carries payload objects whose
     secret-named keys (REDACT_KEYS) are masked before anything sees them (the native API); a chat body carries
     text, where key names mean nothing (and OpenAI's own `max_tokens` would look like a secret).
+
+    `images` finds the images in a parsed body: (container, key, reader) for each. Each is read once, and replaced
+    where it stands by what reading it gave (llm.images), before `parse` and before anything is stored: the
+    audit log never holds image bytes. A body with images may be up to `max_body_bytes`; without them it must fit
+    `max_text_bytes`. `any_content_type`: the body is JSON whatever its Content-Type says (Ollama's own rule);
+    such a door refuses browser origins outside OLLAMA_DIALECT_ORIGINS, as a form post could reach it cross-site.
     """
 
     dialect: str
@@ -73,6 +85,9 @@ class FrontDoor:
     max_body_bytes: int
     described: tuple[str, ...] = ("model",)
     masks_secrets: bool = False
+    images: Callable[[Any], Iterable[tuple[Any, Any, Callable]]] | None = None
+    max_text_bytes: int | None = None
+    any_content_type: bool = False
 
 
 @dataclass
@@ -88,11 +103,18 @@ class Timing:
         return _elapsed_ms(self.started)
 
 
-@dataclass
-class Delta:
-    """A piece of the reply's text, as the provider produced it."""
+# What a stream yields before its Outcome: the provider's typed deltas.
+Delta = TextDelta | ThinkingDelta | ToolCallsDelta
 
-    text: str
+
+@dataclass
+class Answer:
+    """A generation answered whole: the completed audit row, where the time went, and the reply itself (whose
+    tool calls keep the fields Ollama sent, for the Ollama dialect to give back unchanged)."""
+
+    row: Generation
+    timing: Timing
+    reply: ProviderReply
 
 
 @dataclass
@@ -105,7 +127,7 @@ class Outcome:
 
 @dataclass
 class Streaming:
-    """A streamed generation whose first piece of text has arrived. Iterate `events()` to the end, always."""
+    """A streamed generation whose first delta has arrived. Iterate `events()` to the end, always."""
 
     row: Generation
     timing: Timing
@@ -116,8 +138,8 @@ class Streaming:
 
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-                   caller: Caller, door: FrontDoor) -> tuple[Generation, Timing] | Streaming:
-    """Answer one generation request: the completed audit row, or a Streaming; else raise the GatewayError answered.
+                   caller: Caller, door: FrontDoor) -> Answer | Streaming:
+    """Answer one generation request: an Answer, or a Streaming; else raise the GatewayError answered.
 
     Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
     If that row cannot be written, nothing is generated and AuditUnavailable is raised.
@@ -188,8 +210,9 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         await _finish(row, row.succeed, output=_storable(output), model=reply.model,
                       prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                       upstream_ms=_rounded(route.upstream_ms), latency_ms=_elapsed_ms(started),
-                      attempts=route.attempts, finish_reason=reply.finish_reason)
-        return row, timing
+                      attempts=route.attempts, finish_reason=reply.finish_reason,
+                      thinking=_storable(reply.thinking), tool_calls=_storable(audit_calls(reply.tool_calls)))
+        return Answer(row, timing, reply)
     finally:
         admission.unregister(task)
         if not handed_over:
@@ -198,14 +221,14 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
 
 
 async def _ask(route: Route, provider, request: GenerationRequest):
-    reply = await route.ask(provider, request)
+    reply = _with_call_ids(await route.ask(provider, request))
     try:
         return reply, _read_output(route, reply, request)
     except InvalidOutput:
         # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
         # complies when asked again; once is enough. The model that answered is the one asked again.
         logger.info("json-mode reply unusable; asking once more", extra={"model": reply.model})
-        reply = await route.ask(provider, request)
+        reply = _with_call_ids(await route.ask(provider, request))
         try:
             return reply, _read_output(route, reply, request)
         except InvalidOutput as exc:
@@ -223,6 +246,8 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
     started = timing.started
     task = asyncio.current_task()
     text: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
     error: GatewayError | None = None
     leaving: BaseException | None = None  # the client went away: re-raised once the row is complete
     try:
@@ -231,15 +256,18 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
             # The task that drives the response: the one to end when the worker stops.
             task = asyncio.current_task()
             admission.register(task)
-            if stream.first:
-                text.append(stream.first)
-                row.first_token_ms = _elapsed_ms(started)
-                yield Delta(stream.first)
-            async for piece in _pieces(stream, timing):
+            async for delta in _deltas(stream, timing):
                 if row.first_token_ms is None:
                     row.first_token_ms = _elapsed_ms(started)
-                text.append(piece)
-                yield Delta(piece)
+                if isinstance(delta, TextDelta):
+                    text.append(delta.text)
+                elif isinstance(delta, ThinkingDelta):
+                    thinking.append(delta.text)
+                else:
+                    # Named before it is passed on: the client and the audit row see the same ids.
+                    delta = ToolCallsDelta(_named(delta.calls))
+                    calls.extend(delta.calls)
+                yield delta
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError as exc:
@@ -254,6 +282,8 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
         reply = stream.reply
         output = None
         if error is None:
+            # The calls as named for the client; Ollama's raw form stays with each.
+            reply = replace(reply, tool_calls=tuple(calls))
             try:
                 output = _read_output(route, reply, request)
             except InvalidOutput as exc:
@@ -264,15 +294,17 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
             await _finish(row, row.succeed, output=_storable(output), model=reply.model,
                           prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                           upstream_ms=_rounded(timing.upstream_ms), latency_ms=_elapsed_ms(started),
-                          attempts=route.attempts, finish_reason=reply.finish_reason)
+                          attempts=route.attempts, finish_reason=reply.finish_reason,
+                          thinking=_storable(reply.thinking), tool_calls=_storable(audit_calls(reply.tool_calls)))
         else:
             # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
             await _finish(row, row.fail, error_type=error.type, message=error.message,
                           http_status=error.status if leaving else 200, latency_ms=_elapsed_ms(started),
                           upstream_ms=_rounded(timing.upstream_ms), raw_output=_storable("".join(text)),
                           attempts=route.attempts, prompt_tokens=reply.prompt_tokens if reply else None,
-                          # Without Ollama's final chunk, the pieces received are the best count there is.
-                          completion_tokens=reply.completion_tokens if reply else stream.pieces_received)
+                          # Without Ollama's final chunk, the deltas received are the best count there is.
+                          completion_tokens=reply.completion_tokens if reply else stream.deltas_received,
+                          thinking=_storable("".join(thinking)), tool_calls=_storable(audit_calls(calls)))
     finally:
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
@@ -284,19 +316,32 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
     yield Outcome(row, error)
 
 
-async def _pieces(stream, timing: Timing):
-    """The stream's pieces after the first, the wait for each counted as upstream time and bound by the deadline."""
-    pieces = aiter(stream)
+async def _deltas(stream, timing: Timing):
+    """The stream's deltas, its first included; the wait for each after the first counted as upstream time and
+    bound by the deadline."""
+    if stream.first is not None:
+        yield stream.first
+    deltas = aiter(stream)
     while True:
         waited = time.perf_counter()
         try:
             async with Deadline(timing.started):
-                piece = await anext(pieces)
+                delta = await anext(deltas)
         except StopAsyncIteration:
             return
         finally:
             timing.upstream_ms += (time.perf_counter() - waited) * 1000
-        yield piece
+        yield delta
+
+
+def _named(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    """Tool calls each with an id: Ollama's when it sent one, else one minted here (call_…, unique per row: a
+    client matches its tool results to calls by id). The raw call, as Ollama sent it, is left as it was."""
+    return tuple(call if call.id else replace(call, id=f"call_{secrets.token_hex(12)}") for call in calls)
+
+
+def _with_call_ids(reply: ProviderReply) -> ProviderReply:
+    return replace(reply, tool_calls=_named(reply.tool_calls)) if reply.tool_calls else reply
 
 
 def _cancelled(task: asyncio.Task | None) -> GatewayError:
@@ -367,8 +412,12 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
+            if door.any_content_type:
+                _check_origin(caller.origin)
             _admit(caller.api_key, caller.refusal)
-            data = _parse(body, body_size, content_type, door.max_body_bytes)
+            data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type)
+            if door.images is not None:
+                _read_images(data, door, body_size)
             if door.masks_secrets:
                 # Secrets are masked first: neither the audit log nor the model ever sees them.
                 data = mask_secrets(data, settings.REDACT_KEYS)
@@ -378,7 +427,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             problem = _unstorable(data)
             if problem:
                 raise InvalidRequest(f"The request is invalid: {problem}.")
-            request, models = _resolve(neutral, row, caller.api_key.consumer)
+            request, models = _resolve(neutral, row, caller)
+            if request.tools:
+                _keep_tool_set(row, request)
             streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
@@ -396,7 +447,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             raise refused from None
 
         row.provider = get_provider().name
-        row.prompt = request.messages
+        row.prompt = _storable(audit_prompt(request.messages, request.completion))
         row.model = request.model[: Generation.SHORT]
         row.stream = streamed
         try:
@@ -432,11 +483,26 @@ def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
     rate_limits.count_request(api_key.consumer)
 
 
-def _parse(body: bytes, body_size: int, content_type: str, limit: int):
+def _check_origin(origin: str) -> None:
+    """A browser's request from an origin outside OLLAMA_DIALECT_ORIGINS is refused: the dialect reads any body
+    as JSON, so a page elsewhere could make a visitor's browser send one (with remembered Basic credentials)."""
+    if not origin:
+        return
+    allowed = settings.OLLAMA_DIALECT_ORIGINS
+    if any(pattern == "*" or fnmatch.fnmatchcase(origin.lower(), pattern.lower()) for pattern in allowed):
+        return
+    raise OriginNotAllowed(
+        f"Requests from the browser origin {origin[:200]!r} are refused: it is not in the gateway's "
+        "OLLAMA_DIALECT_ORIGINS. Ask the operator to add it, or call the gateway from a server.")
+
+
+def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False):
     if body_size > limit:
         raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes "
                               f"({limit / 1024:g} KiB).")
-    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+    if any_type:
+        pass  # JSON whatever the Content-Type, as Ollama reads it (curl -d sends a form type)
+    elif content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}.")
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
@@ -450,6 +516,31 @@ def _parse(body: bytes, body_size: int, content_type: str, limit: int):
     if _nesting(data) > MAX_DEPTH:
         raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
     return data
+
+
+def _read_images(data, door: FrontDoor, body_size: int) -> None:
+    """Read each image of the body once, and put what reading gave in its place (see FrontDoor.images).
+
+    The body without its images must fit the chat limit: only images earn the larger one.
+    """
+    found = list(door.images(data))
+    carried = sum(len(container[key]) for container, key, _ in found if isinstance(container[key], str))
+    if door.max_text_bytes is not None and body_size - carried > door.max_text_bytes:
+        limit = door.max_text_bytes
+        raise PayloadTooLarge(
+            f"The request body is {body_size - carried} bytes without its images; the limit is {limit} bytes "
+            f"({limit / 1024:g} KiB, CHAT_MAX_BODY_BYTES). Only images may make a body larger.")
+    for container, key, read in found:
+        container[key] = read(container[key])
+
+
+def _keep_tool_set(row: Generation, request: GenerationRequest) -> None:
+    """The tools offered, stored once per distinct set: the row keeps the set's SHA-256, and its copy of the
+    request a reference instead of the definitions (a chat UI sends the same 25 KB of tools with every message)."""
+    tool_set = ToolSet.keep([tool.definition for tool in request.tools])
+    row.tool_set_id = tool_set.sha256
+    if isinstance(row.request, dict) and isinstance(row.request.get("tools"), list):
+        row.request = {**row.request, "tools": {"tool_set": tool_set.sha256, "count": len(request.tools)}}
 
 
 def _nesting(value) -> int:
@@ -491,10 +582,12 @@ def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
             setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
 
 
-def _resolve(neutral: NeutralRequest, row: Generation, consumer: Consumer) -> tuple[GenerationRequest, list[str]]:
+def _resolve(neutral: NeutralRequest, row: Generation, caller: Caller) -> tuple[GenerationRequest, list[str]]:
     """The request to send and the models to try, within what the consumer may use; recorded on the row."""
+    consumer = caller.api_key.consumer
     row.stream = neutral.stream
-    row.end_user = _storable(neutral.user)[: Generation._meta.get_field("end_user").max_length]
+    # The body's end user (OpenAI's `user`) wins over a header's.
+    row.end_user = _storable(neutral.user or caller.end_user)[: Generation._meta.get_field("end_user").max_length]
     if neutral.templated:
         return _from_template(neutral, row, consumer)
     if consumer.templates_only:
@@ -506,8 +599,9 @@ def _resolve(neutral: NeutralRequest, row: Generation, consumer: Consumer) -> tu
     row.mode = mode = neutral.mode or TEXT
     models = model_access.permitted(consumer, [neutral.model], chosen=True)
     return GenerationRequest(
-        role="", task="", payload=None, mode=mode, model=models[0], messages=neutral.messages,
+        role="", task="", payload=None, mode=mode, model=models[0], messages=list(neutral.messages or ()),
         options=dict(neutral.options), output_schema=neutral.output_schema if mode == "json" else None,
+        tools=neutral.tools, think=neutral.think, keep_alive=neutral.keep_alive, completion=neutral.completion,
     ), models
 
 
@@ -532,9 +626,9 @@ def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer)
     ), models
 
 
-def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[dict]:
+def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[Message]:
     try:
-        return version.render(payload, mode)
+        return [Message(role=m["role"], content=m["content"]) for m in version.render(payload, mode)]
     except MissingPlaceholders as exc:
         template = version.template
         names = ", ".join(exc.names)
@@ -546,7 +640,13 @@ def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[di
 
 
 def _read_output(route: Route, reply, request: GenerationRequest):
-    """The reply as the client gets it; InvalidOutput (recorded against the call) if it is not usable."""
+    """The reply's content as the client gets it; InvalidOutput (recorded against the call) if it is not usable.
+
+    The json-mode (or schema) check reads the content only, never the thinking; a reply that calls tools is no
+    answer yet, so its content is kept as text, unchecked.
+    """
+    if reply.tool_calls:
+        return reply.content
     try:
         return read_output(reply.content, request.mode, request.output_schema)
     except InvalidOutput as exc:
@@ -580,7 +680,10 @@ def _unstorable(value, path: str = "body") -> str | None:
 
 
 def _storable(value):
-    """A copy that every database accepts: NUL becomes U+FFFD, an unpaired surrogate "?"."""
+    """A copy that every database accepts: NUL becomes U+FFFD, an unpaired surrogate "?"; an image (read or not)
+    becomes what the audit log keeps of it, never its bytes."""
+    if isinstance(value, (Image, UnreadableImage, RemoteImage)):
+        return _storable(value.audit())
     if isinstance(value, str):
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")
