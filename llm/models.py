@@ -376,6 +376,8 @@ class Generation(models.Model):
               for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type")),
             # The admin's exact-match search by end user (the people behind a chat UI's shared key).
             models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
+            # Which tool sets are still offered by a row (prune_audit); most rows offer none.
+            models.Index(fields=["tool_set"], name="gen_tool_set", condition=models.Q(tool_set__isnull=False)),
         ]
 
     def __str__(self):
