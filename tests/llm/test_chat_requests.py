@@ -40,6 +40,13 @@ def sent(ollama) -> dict:
     return ollama.requests[-1].json
 
 
+@pytest.fixture
+def thinker(ollama):
+    """A reasoning model (tools and thinking) on the fake Ollama."""
+    ollama.models.append("qwen3:8b")
+    return "qwen3:8b"
+
+
 # -- keep_alive ---------------------------------------------------------------------------------------------------------
 
 
@@ -133,10 +140,10 @@ def test_null_options_mean_unset_as_llamaindex_sends_them(gateway, ollama):
 @pytest.mark.parametrize("effort, think", [
     ("none", False), ("minimal", "low"), ("low", "low"), ("medium", "medium"), ("high", "high"), ("xhigh", "high"),
 ])
-def test_reasoning_effort_becomes_ollamas_think(gateway, ollama, effort, think):
-    sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=HELLO, reasoning_effort=effort)
+def test_reasoning_effort_becomes_ollamas_think(gateway, ollama, thinker, effort, think):
+    sdk(gateway).chat.completions.create(model=thinker, messages=HELLO, reasoning_effort=effort)
     assert sent(ollama)["think"] == think
-    chat(gateway, reasoning={"effort": effort})
+    assert chat(gateway, model=thinker, reasoning={"effort": effort}).status_code == 200
     assert sent(ollama)["think"] == think
 
 
@@ -158,15 +165,16 @@ def test_bad_reasoning_values_are_400_naming_the_parameter(gateway, ollama, body
 
 
 @pytest.mark.parametrize("think", [True, False, "low", "medium", "high", "max"])
-def test_think_passes_through_the_ollama_dialect_and_open_webuis_v1_switch(gateway, ollama, think):
-    assert chat(gateway, "/api/chat", think=think, stream=False).status_code == 200
+def test_think_passes_through_the_ollama_dialect_and_open_webuis_v1_switch(gateway, ollama, thinker, think):
+    assert chat(gateway, "/api/chat", model=thinker, think=think, stream=False).status_code == 200
     assert sent(ollama)["think"] == think
-    assert chat(gateway, think=think).status_code == 200
+    assert chat(gateway, model=thinker, think=think).status_code == 200
     assert sent(ollama)["think"] == think
 
 
-def test_open_webuis_reasoning_effort_inside_the_ollama_options(gateway, ollama):
-    response = chat(gateway, "/api/chat", stream=False, options={"reasoning_effort": "minimal", "temperature": 0.5})
+def test_open_webuis_reasoning_effort_inside_the_ollama_options(gateway, ollama, thinker):
+    response = chat(gateway, "/api/chat", model=thinker, stream=False,
+                    options={"reasoning_effort": "minimal", "temperature": 0.5})
 
     assert response.status_code == 200
     assert sent(ollama)["think"] == "low" and sent(ollama)["options"] == {"temperature": 0.5}
@@ -283,8 +291,10 @@ def test_generate_sends_suffix_and_raw_to_ollamas_generate_and_records_them(gate
     client = ollama_client.Client(host=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"},
                                   trust_env=False)
 
-    reply = client.generate(model="qwen2.5:7b", prompt="def add(a, b):\n", suffix="\n    return c\n", raw=True,
-                            options={"temperature": 0})
+    ollama.models.append("qwen2.5-coder:1.5b")  # a model that can fill in the middle
+
+    reply = client.generate(model="qwen2.5-coder:1.5b", prompt="def add(a, b):\n", suffix="\n    return c\n",
+                            raw=True, options={"temperature": 0})
 
     assert reply.done
     request = ollama.requests[-1]

@@ -28,6 +28,13 @@ def ollama_sdk(gateway) -> ollama_client.Client:
                                 trust_env=False)
 
 
+@pytest.fixture
+def vision(ollama):
+    """A vision model on the fake Ollama."""
+    ollama.models.append("llava:7b")
+    return "llava:7b"
+
+
 def only_row() -> Generation:
     row = wait_for(lambda: Generation.objects.exclude(status="pending").first())
     assert Generation.objects.count() == 1
@@ -45,10 +52,10 @@ def assert_no_image_bytes(row: Generation, encoded: str):
     assert encoded[:24] not in stored
 
 
-def test_an_openai_data_url_reaches_ollama_as_an_image_and_is_audited_by_hash(gateway, ollama):
+def test_an_openai_data_url_reaches_ollama_as_an_image_and_is_audited_by_hash(gateway, ollama, vision):
     ollama.reply = "A red pixel."
 
-    completion = sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=image_parts(DATA_URL))
+    completion = sdk(gateway).chat.completions.create(model=vision, messages=image_parts(DATA_URL))
 
     assert completion.choices[0].message.content == "A red pixel."
     sent = ollama.requests[-1].json["messages"]
@@ -61,12 +68,12 @@ def test_an_openai_data_url_reaches_ollama_as_an_image_and_is_audited_by_hash(ga
     assert_no_image_bytes(row, PNG_B64)
 
 
-def test_ollama_images_pass_through_and_are_audited_by_hash(gateway, ollama, tmp_path):
+def test_ollama_images_pass_through_and_are_audited_by_hash(gateway, ollama, vision, tmp_path):
     picture = tmp_path / "pixel.png"
     picture.write_bytes(PNG)
     ollama.reply = "A pixel."
 
-    reply = ollama_sdk(gateway).chat(model="qwen2.5:7b", messages=[
+    reply = ollama_sdk(gateway).chat(model=vision, messages=[
         {"role": "user", "content": "Describe it.", "images": [str(picture)]}])
 
     assert reply.message.content == "A pixel."
@@ -77,8 +84,8 @@ def test_ollama_images_pass_through_and_are_audited_by_hash(gateway, ollama, tmp
     assert_no_image_bytes(row, PNG_B64)
 
 
-def test_generate_carries_images_to_ollamas_generate(gateway, ollama):
-    reply = ollama_sdk(gateway).generate(model="qwen2.5:7b", prompt="What is this?", images=[PNG])
+def test_generate_carries_images_to_ollamas_generate(gateway, ollama, vision):
+    reply = ollama_sdk(gateway).generate(model=vision, prompt="What is this?", images=[PNG])
 
     assert reply.done
     sent = ollama.requests[-1]
@@ -146,13 +153,13 @@ def test_bad_openai_image_urls_are_400_in_openais_shape(gateway, ollama, url, pr
     assert only_row().error_type == "invalid_request"
 
 
-def test_images_earn_the_larger_body_limit_and_text_does_not(gateway, ollama, settings):
+def test_images_earn_the_larger_body_limit_and_text_does_not(gateway, ollama, vision, settings):
     settings.CHAT_MAX_BODY_BYTES = 4096
     settings.CHAT_MAX_IMAGE_BODY_BYTES = 64 * 1024
     large = base64.b64encode(png_bytes(filler=20_000)).decode()
 
     with gateway.client() as http:
-        fits = http.post("/api/chat", json={"model": "qwen2.5:7b", "stream": False, "messages": [
+        fits = http.post("/api/chat", json={"model": vision, "stream": False, "messages": [
             {"role": "user", "content": "Look.", "images": [large]}]})
         wordy = http.post("/api/chat", json={"model": "qwen2.5:7b", "stream": False, "messages": [
             {"role": "user", "content": "x" * 6000}]})
