@@ -54,6 +54,9 @@ DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
 CHAT_MAX_IMAGE_BODY_BYTES = env["CHAT_MAX_IMAGE_BODY_BYTES"]
+# Django refuses to read a body over this (2.5 MiB by default) with a bare 400; the front doors check their own,
+# smaller limits first, by declared size, so it only has to let the largest of them through.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CHAT_MAX_IMAGE_BODY_BYTES)
 KEEP_ALIVE_MAX = env["KEEP_ALIVE_MAX"]
 NUM_CTX_MAX = env["NUM_CTX_MAX"]
 END_USER_HEADERS = env["END_USER_HEADERS"]

@@ -173,6 +173,16 @@ def test_images_earn_the_larger_body_limit_and_text_does_not(gateway, ollama, vi
     assert rows == {200, 413} and Generation.objects.count() == 3
 
 
+def test_an_image_larger_than_djangos_own_upload_limit_is_read(gateway, ollama, vision):
+    """Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB by default) unless told otherwise."""
+    large = png_bytes(filler=3 * 1024 * 1024)
+
+    reply = ollama_sdk(gateway).chat(model=vision, messages=[{"role": "user", "content": "Big?", "images": [large]}])
+
+    assert reply.message.content.endswith(f"[1 image: png {len(large)} bytes]")
+    assert only_row().prompt[0]["images"][0]["image"]["size"] == len(large)
+
+
 def test_the_mock_provider_sees_the_images(gateway):
     completion = sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=image_parts(DATA_URL))
 
