@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import filetype
 
+from llm.large_bodies import CHUNK, Base64Text
 from llm.providers.base import Image
 
 # What Ollama's vision models decode (Go's image packages and llama.cpp's stb_image both read these).
@@ -48,6 +49,11 @@ class RemoteImage:
 
 def read_base64(text) -> Image | UnreadableImage:
     """An image sent as base64 (Ollama's `images`): the Image, or why it is not one."""
+    if isinstance(text, Base64Text):
+        if text.head:
+            return UnreadableImage("is not valid base64 (a data URL: send the base64 alone)", _sha256(text.head),
+                                   len(text))
+        return _decoded_in_chunks(text.data)
     if not isinstance(text, str):
         return UnreadableImage("must be a base64 string", hashlib.sha256(repr(text).encode()).hexdigest(), 0)
     return _decoded(text, text)
@@ -56,6 +62,15 @@ def read_base64(text) -> Image | UnreadableImage:
 def read_url(url) -> Image | UnreadableImage | RemoteImage:
     """An image sent as a URL (OpenAI's `image_url`): a `data:image/...;base64,` URL is read; an http(s) URL is
     a RemoteImage (refused by the front door); anything else is unreadable."""
+    if isinstance(url, Base64Text):
+        declared = url.head[5:-7].lower()
+        if not url.head:
+            return UnreadableImage('must be a data URL ("data:image/png;base64,..."); the gateway fetches no URL',
+                                   hashlib.sha256(url.data).hexdigest(), len(url))
+        if declared and not declared.startswith("image/"):
+            return UnreadableImage(f"a data URL of type {declared[:40]!r} is not an image", _sha256(url.head),
+                                   len(url))
+        return _decoded_in_chunks(url.data)
     if not isinstance(url, str):
         return read_base64(url)
     scheme = url[:8].lower()
@@ -84,6 +99,32 @@ def _decoded(data: str, sent: str) -> Image | UnreadableImage:
         return UnreadableImage(f"is not an image{found}; send PNG, JPEG, WebP, GIF or BMP", hashlib.sha256(raw)
                                .hexdigest(), len(raw))
     return Image(data=compact, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), media_type=kind)
+
+
+def _decoded_in_chunks(data: memoryview) -> Image | UnreadableImage:
+    """A long base64 image (see llm.large_bodies) decoded and hashed a chunk at a time: no single step holds the
+    GIL for more than a millisecond or so. Its base64 goes to Ollama as it came."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    step = CHUNK - CHUNK % 4
+    if len(data) % 4:
+        return UnreadableImage("is not valid base64", hashlib.sha256(data).hexdigest(), len(data))
+    for start in range(0, len(data), step):
+        chunk = data[start:start + step]
+        if start + step < len(data) and chunk[-1] == 0x3D:  # "=": padding before the end
+            return UnreadableImage("is not valid base64", hashlib.sha256(data).hexdigest(), len(data))
+        try:
+            raw = binascii.a2b_base64(chunk, strict_mode=True)
+        except binascii.Error:
+            return UnreadableImage("is not valid base64", hashlib.sha256(data).hexdigest(), len(data))
+        if not head:
+            head = raw[:SNIFFED_BYTES]
+        digest.update(raw)
+        size += len(raw)
+    kind = filetype.guess_mime(head) if head else None
+    if kind not in MEDIA_TYPES:
+        found = f" (its bytes are {kind})" if kind else ""
+        return UnreadableImage(f"is not an image{found}; send PNG, JPEG, WebP, GIF or BMP", digest.hexdigest(), size)
+    return Image(data=data, sha256=digest.hexdigest(), size=size, media_type=kind)
 
 
 def _sha256(text: str) -> str:

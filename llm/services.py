@@ -27,7 +27,7 @@ from django.db import DatabaseError
 
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, metrics, model_access, rate_limits
+from llm import admission, api_keys, large_bodies, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
                         NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown,
                         UnsupportedMediaType, UpstreamTimeout)
@@ -415,7 +415,11 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             if door.any_content_type:
                 _check_origin(caller.origin)
             _admit(caller.api_key, caller.refusal)
-            data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type)
+            # Only images may make a body larger than the chat limit: such a body is parsed with its long base64
+            # strings cut out, so that no step holds the event loop (llm.large_bodies).
+            large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
+            data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
+                          large=large)
             if door.images is not None:
                 _read_images(data, door, body_size)
             if door.masks_secrets:
@@ -496,7 +500,8 @@ def _check_origin(origin: str) -> None:
         "OLLAMA_DIALECT_ORIGINS. Ask the operator to add it, or call the gateway from a server.")
 
 
-def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False):
+def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False,
+           large: bool = False):
     if body_size > limit:
         raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes "
                               f"({limit / 1024:g} KiB).")
@@ -507,7 +512,10 @@ def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_ty
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        if large:
+            data = large_bodies.loads(body, _json_loads)
+        else:
+            data = _json_loads(body)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
@@ -524,7 +532,8 @@ def _read_images(data, door: FrontDoor, body_size: int) -> None:
     The body without its images must fit the chat limit: only images earn the larger one.
     """
     found = list(door.images(data))
-    carried = sum(len(container[key]) for container, key, _ in found if isinstance(container[key], str))
+    carried = sum(len(container[key]) for container, key, _ in found
+                  if isinstance(container[key], (str, large_bodies.Base64Text)))
     if door.max_text_bytes is not None and body_size - carried > door.max_text_bytes:
         limit = door.max_text_bytes
         raise PayloadTooLarge(
@@ -532,6 +541,7 @@ def _read_images(data, door: FrontDoor, body_size: int) -> None:
             f"({limit / 1024:g} KiB, CHAT_MAX_BODY_BYTES). Only images may make a body larger.")
     for container, key, read in found:
         container[key] = read(container[key])
+    large_bodies.restore(data)  # a long base64 string where no image goes is text like any other
 
 
 def _keep_tool_set(row: Generation, request: GenerationRequest) -> None:
@@ -541,6 +551,10 @@ def _keep_tool_set(row: Generation, request: GenerationRequest) -> None:
     row.tool_set_id = tool_set.sha256
     if isinstance(row.request, dict) and isinstance(row.request.get("tools"), list):
         row.request = {**row.request, "tools": {"tool_set": tool_set.sha256, "count": len(request.tools)}}
+
+
+def _json_loads(body: bytes):
+    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _nesting(value) -> int:

@@ -15,7 +15,8 @@ from typing import AsyncIterator, Protocol, Union
 class Image:
     """An image a message carries: base64 as Ollama takes it, and what the audit log keeps in its place."""
 
-    data: str = field(repr=False)
+    # A memoryview: a large image's base64, still in the client's body, sent on to Ollama from there.
+    data: str | memoryview = field(repr=False)
     sha256: str
     size: int  # bytes, decoded
     media_type: str  # as detected from the bytes, never as the client declared it

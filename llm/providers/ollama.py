@@ -206,7 +206,10 @@ class OllamaProvider:
             shards = self._shards()
             client, release = shards.lease()
             try:
-                response = await client.send(client.build_request("POST", path, json=body), stream=stream)
+                content = _encoded(body)
+                response = await client.send(client.build_request(
+                    "POST", path, content=content, headers={**JSON_CONTENT, "Content-Length": str(len(content))}),
+                    stream=stream)
             except httpx.TransportError as exc:
                 release()
                 if isinstance(exc, httpx.PoolTimeout):
@@ -431,6 +434,53 @@ def _tool_calls(calls) -> tuple[ToolCall, ...]:
                                 arguments=arguments if isinstance(arguments, dict) else {},
                                 id=_text(call.get("id")), raw=call))
     return tuple(neutral)
+
+
+JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+# A large image's base64 goes out in slices of this size: each is one short copy (h11 joins what it sends).
+SPLICED_SLICE = 256 * 1024
+
+
+class SplicedBody:
+    """A request body in parts, a large image's base64 (a memoryview of the client's body, see llm.large_bodies)
+    among them: encoding or copying a 20 MiB string would hold the event loop for tens of milliseconds. It can be
+    sent again, for a retry."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    async def __aiter__(self):
+        for part in self.parts:
+            if isinstance(part, memoryview):
+                for start in range(0, len(part), SPLICED_SLICE):
+                    yield bytes(part[start:start + SPLICED_SLICE])
+            else:
+                yield part
+
+
+def _encoded(body: dict) -> bytes | SplicedBody:
+    """The body as JSON; with a large image, as a SplicedBody."""
+    spliced: list[memoryview] = []
+
+    def later(value):
+        if isinstance(value, memoryview):
+            spliced.append(value)
+            return f"\x00spliced:{len(spliced) - 1}"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    encoded = json.dumps(body, default=later, ensure_ascii=False, separators=(",", ":")).encode()
+    if not spliced:
+        return encoded
+    parts, rest = [], encoded
+    for index, data in enumerate(spliced):
+        before, _, rest = rest.partition(b'"\\u0000spliced:%d"' % index)
+        parts += [before + b'"', data, b'"']
+    return SplicedBody([*parts, rest])
 
 
 def _chat_body(request: GenerationRequest, *, stream: bool) -> dict:

@@ -10,7 +10,8 @@ import openai
 import pytest
 
 from llm.models import Generation
-from tests.conftest import png_bytes, wait_for
+from tests.conftest import wait_for
+from tests.pictures import png_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -187,3 +188,66 @@ def test_the_mock_provider_sees_the_images(gateway):
     completion = sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=image_parts(DATA_URL))
 
     assert "1 image: image/png" in completion.choices[0].message.content
+
+
+@pytest.mark.parametrize("dialect", ["ollama", "openai"])
+def test_a_body_larger_than_the_chat_limit_is_read_with_its_images_cut_out(gateway, ollama, vision, settings,
+                                                                          dialect):
+    """Over CHAT_MAX_BODY_BYTES only images may make a body large: they are read apart from the JSON (see
+    llm.large_bodies) and reach Ollama exactly as sent."""
+    settings.CHAT_MAX_BODY_BYTES = 32 * 1024
+    large = png_bytes(filler=300_000)
+    encoded = base64.b64encode(large).decode()
+    small = base64.b64encode(png_bytes()).decode()
+
+    with gateway.client() as http:
+        if dialect == "ollama":
+            response = http.post("/api/chat", json={"model": vision, "stream": False, "messages": [
+                {"role": "user", "content": "Two pictures", "images": [encoded, small]}]})
+        else:
+            response = http.post("/v1/chat/completions", json={"model": vision, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Two pictures"},
+                                             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,"
+                                                                                        f"{encoded}"}},
+                                             {"type": "image_url", "image_url": f"data:image/png;base64,{small}"}]}]})
+
+    assert response.status_code == 200, response.text
+    assert ollama.requests[-1].json["messages"][0]["images"] == [encoded, small]
+    row = only_row()
+    assert [i["image"]["sha256"] for i in row.prompt[0]["images"]] == [hashlib.sha256(large).hexdigest(),
+                                                                     hashlib.sha256(png_bytes()).hexdigest()]
+    assert_no_image_bytes(row, encoded)
+
+
+@pytest.mark.parametrize("content, status", [
+    ("A" * 200_000, 413),  # long base64-looking text where no image goes: text, over the chat limit
+    ("A" * 4_000, 200),
+])
+def test_long_base64_outside_an_image_is_text(gateway, ollama, vision, settings, content, status):
+    settings.CHAT_MAX_BODY_BYTES = 32 * 1024
+    picture = base64.b64encode(png_bytes(filler=200_000)).decode()
+
+    with gateway.client() as http:
+        response = http.post("/api/chat", json={"model": vision, "stream": False, "messages": [
+            {"role": "user", "content": content, "images": [picture]}]})
+
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert ollama.requests[-1].json["messages"][0]["content"] == content
+
+
+@pytest.mark.parametrize("picture, problem", [
+    ("QUFB" * 30_000 + "QQ==" + "QUFB" * 30_000, "is not valid base64"),  # padding in the middle
+    ("QUFB" * 60_000 + "QQ", "is not valid base64"),
+    (base64.b64encode(b"%PDF-1.4" + b"x" * 200_000).decode(), "is not an image (its bytes are application/pdf)"),
+])
+def test_large_bad_images_are_refused_before_ollama(gateway, ollama, vision, settings, picture, problem):
+    settings.CHAT_MAX_BODY_BYTES = 32 * 1024
+
+    with gateway.client() as http:
+        response = http.post("/api/chat", json={"model": vision, "stream": False, "messages": [
+            {"role": "user", "content": "Look.", "images": [picture]}]})
+
+    assert response.status_code == 400 and response.json()["error"].startswith(f"messages[0].images[0] {problem}")
+    assert ollama.requests == []
+    assert picture[:40] not in json.dumps(only_row().request)
