@@ -47,7 +47,7 @@ The scheduler, as server/sched.go runs it (every limit is off by default):
   pending requests exceeded". `max_loaded_models` (OLLAMA_MAX_LOADED_MODELS) unloads the least recently used idle
   model to make room, waiting for one to go idle when none is.
 - For tests: preload(), unload(), loaded_models(), running, running_total, peak_running, peak_running_total,
-  requests_per_model, waiting, images, wait_for_running(). stop() kills the server (every connection dropped, even
+  requests_per_model, loads_per_model, waiting, images, wait_for_running(). stop() kills the server (every connection dropped, even
   mid-stream or mid-load, and the loaded models forgotten); start() or restart() brings it back on the same port.
 
 Deliberately not mimicked: num_predict does not cut replies; logprobs, templates, context shifting and cloud models
@@ -1240,6 +1240,7 @@ class FakeOllama:
         self._peak: Counter[str] = Counter()
         self._peak_total = 0
         self._per_model: Counter[str] = Counter()
+        self._loads: Counter[str] = Counter()
         self._waiting = 0
         # Touched only in the loop's thread (or, before start(), in the caller's).
         self._runners: dict[str, _Runner] = {}
@@ -1364,6 +1365,12 @@ class FakeOllama:
             return dict(self._per_model)
 
     @property
+    def loads_per_model(self) -> dict[str, int]:
+        """Loads that requests caused (and waited for), per model; preload() is not counted."""
+        with self._lock:
+            return dict(self._loads)
+
+    @property
     def waiting(self) -> int:
         """Requests waiting now for a load or a slot (what max_queue bounds)."""
         with self._lock:
@@ -1465,6 +1472,7 @@ class FakeOllama:
             self._peak = Counter({name: count for name, count in self._running.items() if count})
             self._peak_total = self._running_total
             self._per_model.clear()
+            self._loads.clear()
         self._in_loop(self._runners.clear)
 
     def reset(self) -> None:
@@ -1685,6 +1693,8 @@ class FakeOllama:
             await conn.pause(self.load_delay)
             runner = self._new_runner(model, num_ctx, keep_alive)
             self._runners[key] = runner
+            with self._lock:
+                self._loads[model] += 1
             self._notify_state()
             return runner
         finally:
