@@ -199,6 +199,8 @@ class OllamaProvider:
         Returns the response, the attempts made and the release of the client it came through: at once for a
         read response, once the stream is closed for a streamed one.
         """
+        content = _encoded(body)
+        headers = {**JSON_CONTENT, "Content-Length": str(len(content))}
         attempt = 0
         while True:
             attempt += 1
@@ -206,10 +208,8 @@ class OllamaProvider:
             shards = self._shards()
             client, release = shards.lease()
             try:
-                content = _encoded(body)
-                response = await client.send(client.build_request(
-                    "POST", path, content=content, headers={**JSON_CONTENT, "Content-Length": str(len(content))}),
-                    stream=stream)
+                response = await client.send(client.build_request("POST", path, content=content, headers=headers),
+                                             stream=stream)
             except httpx.TransportError as exc:
                 release()
                 if isinstance(exc, httpx.PoolTimeout):

@@ -251,3 +251,18 @@ def test_large_bad_images_are_refused_before_ollama(gateway, ollama, vision, set
     assert response.status_code == 400 and response.json()["error"].startswith(f"messages[0].images[0] {problem}")
     assert ollama.requests == []
     assert picture[:40] not in json.dumps(only_row().request)
+
+
+def test_a_large_image_is_sent_again_whole_when_ollama_asks_for_a_retry(gateway, ollama, vision, settings):
+    settings.CHAT_MAX_BODY_BYTES = 32 * 1024
+    encoded = base64.b64encode(png_bytes(filler=400_000)).decode()
+    ollama.fault("status", status=503, message="server busy", times=1)
+
+    with gateway.client() as http:
+        response = http.post("/api/chat", json={"model": vision, "stream": False, "messages": [
+            {"role": "user", "content": "Again?", "images": [encoded]}]})
+
+    assert response.status_code == 200, response.text
+    first, second = ollama.requests
+    assert first.raw == second.raw and second.json["messages"][0]["images"] == [encoded]
+    assert only_row().attempts == 2
