@@ -199,6 +199,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("CHAT_MAX_BODY_BYTES", "1048576", _integer(1024, 64 * 1024 * 1024),
                 help="largest request body of the OpenAI- and Ollama-compatible chat endpoints (they carry the "
                      "conversation); the native API keeps 64 KiB"),
+    SettingSpec("REQUEST_HEADER_TIMEOUT", "10", _number(0, exclusive=True),
+                help="seconds a client has to send a request's line and headers, from connecting (or from its first "
+                     "byte on a kept-alive connection); then 408 and the connection is closed"),
+    SettingSpec("REQUEST_BODY_TIMEOUT", "30", _number(0, exclusive=True),
+                help="seconds a client has to send a request's whole body, from the end of its headers; then 408 "
+                     "(audited on the generation endpoints)"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,

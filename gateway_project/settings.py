@@ -53,6 +53,12 @@ DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
+# Every other API path (listings, health, the refused endpoints): their bodies are small or absent. The admin's
+# paths take DATA_UPLOAD_MAX_MEMORY_SIZE. A larger body is refused before it is read (llm.body_limits).
+API_MAX_BODY_BYTES = 16 * 1024
+# Slow clients: the request head (gateway_project.connections) and the body (gateway_project.asgi) are bounded.
+REQUEST_HEADER_TIMEOUT = env["REQUEST_HEADER_TIMEOUT"]
+REQUEST_BODY_TIMEOUT = env["REQUEST_BODY_TIMEOUT"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
@@ -78,6 +84,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -92,6 +99,7 @@ MIDDLEWARE = [
 # list above (it authenticates by API key, not by session, and sends no cookies).
 API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
 # The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of

@@ -46,6 +46,8 @@ WRONG_VALUES = {
     "DATABASE_POOL_SIZE": "0",
     "AUDIT_RETENTION_DAYS": "90d",
     "CHAT_MAX_BODY_BYTES": "1MiB",
+    "REQUEST_HEADER_TIMEOUT": "0",
+    "REQUEST_BODY_TIMEOUT": "30s",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
     "REDACT_KEYS": "password;token",
