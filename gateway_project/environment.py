@@ -253,6 +253,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("OLLAMA_DIALECT_ORIGINS", "", _origin_list,
                 help="browser origins allowed to call the Ollama dialect (like OLLAMA_ORIGINS; * as a wildcard, "
                      "e.g. http://localhost:*); requests without an Origin are not affected"),
+    SettingSpec("REQUEST_HEADER_TIMEOUT", "10", _number(0, exclusive=True),
+                help="seconds a client has to send a request's line and headers, from connecting (or from its first "
+                     "byte on a kept-alive connection); then 408 and the connection is closed"),
+    SettingSpec("REQUEST_BODY_TIMEOUT", "30", _number(0, exclusive=True),
+                help="seconds a client has to send a request's whole body, from the end of its headers; then 408 "
+                     "(audited on the generation endpoints)"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,

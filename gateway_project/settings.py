@@ -54,13 +54,16 @@ DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
 CHAT_MAX_IMAGE_BODY_BYTES = env["CHAT_MAX_IMAGE_BODY_BYTES"]
-# Django refuses to read a body over this (2.5 MiB by default) with a bare 400; the front doors check their own,
-# smaller limits first, by declared size, so it only has to let the largest of them through.
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, CHAT_MAX_IMAGE_BODY_BYTES)
 KEEP_ALIVE_MAX = env["KEEP_ALIVE_MAX"]
 NUM_CTX_MAX = env["NUM_CTX_MAX"]
 END_USER_HEADERS = env["END_USER_HEADERS"]
 OLLAMA_DIALECT_ORIGINS = env["OLLAMA_DIALECT_ORIGINS"]
+# Every other API path (listings, health, the refused endpoints): their bodies are small or absent. The admin's
+# paths take DATA_UPLOAD_MAX_MEMORY_SIZE. A larger body is refused before it is read (llm.body_limits).
+API_MAX_BODY_BYTES = 16 * 1024
+# Slow clients: the request head (gateway_project.connections) and the body (gateway_project.asgi) are bounded.
+REQUEST_HEADER_TIMEOUT = env["REQUEST_HEADER_TIMEOUT"]
+REQUEST_BODY_TIMEOUT = env["REQUEST_BODY_TIMEOUT"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
@@ -86,6 +89,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -100,6 +104,7 @@ MIDDLEWARE = [
 # list above (it authenticates by API key, not by session, and sends no cookies).
 API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
 # The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 
@@ -61,6 +62,12 @@ class InvalidRequest(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     type, status = "payload_too_large", 413
+
+
+class RequestTimeout(GatewayError):
+    """The request body did not arrive within REQUEST_BODY_TIMEOUT: the client sent too slowly, or stopped."""
+
+    type, status = "request_timeout", 408
 
 
 class UnsupportedMediaType(GatewayError):
@@ -185,6 +192,11 @@ def _json_error(request, status: int, type_: str, message: str) -> JsonResponse:
 
 # Django's handler400/403/404/500: JSON for API clients, Django's own pages for people in the admin.
 def bad_request(request, exception):
+    if isinstance(exception, RequestDataTooBig):
+        # Past DATA_UPLOAD_MAX_MEMORY_SIZE: a size, not a malformed request (the handlers refuse such bodies first).
+        if _wants_json(request):
+            return _json_error(request, 413, "payload_too_large", "The request body is too large.")
+        return HttpResponse("Request body too large.", status=413, content_type="text/plain; charset=utf-8")
     if _wants_json(request):
         return _json_error(request, 400, "invalid_request", "The request could not be understood (bad Host header?).")
     return defaults.bad_request(request, exception)

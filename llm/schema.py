@@ -43,8 +43,12 @@ ERROR_RESPONSES = {
                 "Sent with `WWW-Authenticate: Bearer`.", "authentication_failed", "The API key is not valid."),
     404: _error("model_not_found: the model is not pulled on the Ollama server.", "model_not_found",
                 "Model 'mistral:7b' is not available on Ollama at http://localhost:11434."),
-    413: _error("payload_too_large: the body is over 64 KiB.", "payload_too_large",
-                "The request body is 70000 bytes; the limit is 65536 bytes (64 KiB)."),
+    408: _error("request_timeout: the body did not arrive within REQUEST_BODY_TIMEOUT (30 s by default); the "
+                "connection is closed after the answer.", "request_timeout",
+                "The request body did not arrive within 30s (REQUEST_BODY_TIMEOUT); 2048 bytes came."),
+    413: _error("payload_too_large: the body is over 64 KiB. A Content-Length over it is refused before the body is "
+                "read, a chunked body once it passes the limit; the connection is closed after the answer.",
+                "payload_too_large", "The request body is over the limit of 65536 bytes (64 KiB)."),
     415: _error("unsupported_media_type: the body must be application/json.", "unsupported_media_type",
                 "Content-Type must be application/json, not 'text/plain'."),
     429: _error("rate_limited: the consumer's generations per minute are used up; `Retry-After` says for how many "

@@ -29,8 +29,8 @@ from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
 from llm import admission, api_keys, large_bodies, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
-                        NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown,
-                        UnsupportedMediaType, UpstreamTimeout)
+                        NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
+                        ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.images import RemoteImage, UnreadableImage
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion, ToolSet, audit_calls, audit_prompt
 from llm.output_schema import read_output
@@ -44,6 +44,7 @@ from llm.selectors import current_version_for
 logger = logging.getLogger("llm.services")
 
 MAX_DEPTH = 32
+MAX_REQUEST_BYTES = 2**31 - 1
 
 
 @dataclass
@@ -138,8 +139,11 @@ class Streaming:
 
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-                   caller: Caller, door: FrontDoor) -> Answer | Streaming:
+                   caller: Caller, door: FrontDoor, body_timed_out: bool = False) -> Answer | Streaming:
     """Answer one generation request: an Answer, or a Streaming; else raise the GatewayError answered.
+
+    `body_size` over the door's limit, or `body_timed_out` (the client did not send it within REQUEST_BODY_TIMEOUT),
+    means the body was not read: once the key is checked, the attempt is refused with 413 or 408, and recorded.
 
     Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
     If that row cannot be written, nothing is generated and AuditUnavailable is raised.
@@ -148,8 +152,8 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     counted = metrics.in_flight(dialect=door.dialect)
     counted.__enter__()
     begin = asyncio.ensure_future(db_step(
-        _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
-        started=started, caller=caller, door=door))
+        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+        content_type=content_type, started=started, caller=caller, door=door))
     try:
         try:
             begun = await asyncio.shield(begin)
@@ -396,15 +400,16 @@ async def _finish(row: Generation, transition, **fields) -> None:
     await asyncio.shield(db_step(_complete, row, transition, **fields))
 
 
-def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float, caller: Caller,
-           door: FrontDoor):
+def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
+           started: float, caller: Caller, door: FrontDoor):
     """The database step before the provider is called: admit, validate, and write the pending row.
 
     Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
     """
-    row = Generation(id=request_id, request_bytes=body_size, client_ip=caller.client_ip or None,
-                     user_agent=(caller.user_agent or "")[:512], dialect=door.dialect,
-                     endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
+    # A Content-Length is whatever the client wrote (99999999999): the column holds up to 2**31 - 1 everywhere.
+    row = Generation(id=request_id, request_bytes=min(body_size, MAX_REQUEST_BYTES),
+                     client_ip=caller.client_ip or None, user_agent=(caller.user_agent or "")[:512],
+                     dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
     slot_taken = False
     try:
         try:
@@ -415,6 +420,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             if door.any_content_type:
                 _check_origin(caller.origin)
             _admit(caller.api_key, caller.refusal)
+            if body_timed_out:
+                raise RequestTimeout(f"The request body did not arrive within {settings.REQUEST_BODY_TIMEOUT:g}s "
+                                     f"(REQUEST_BODY_TIMEOUT); {body_size} bytes came.")
             # Only images may make a body larger than the chat limit: such a body is parsed with its long base64
             # strings cut out, so that no step holds the event loop (llm.large_bodies).
             large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
@@ -503,8 +511,8 @@ def _check_origin(origin: str) -> None:
 def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False,
            large: bool = False):
     if body_size > limit:
-        raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes "
-                              f"({limit / 1024:g} KiB).")
+        # Only a declared size is known: a chunked body was read no further than one chunk past the limit.
+        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes ({limit / 1024:g} KiB).")
     if any_type:
         pass  # JSON whatever the Content-Type, as Ollama reads it (curl -d sends a form type)
     elif content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):

@@ -155,12 +155,13 @@ def serving_asgi():
     import uvicorn
 
     from gateway_project.asgi import application
+    from gateway_project.workers import GatewayWorker
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(application, lifespan="off", log_config=None, access_log=False,
-                                           timeout_graceful_shutdown=2))
+                                           http=GatewayWorker.CONFIG_KWARGS["http"], timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -51,6 +51,8 @@ WRONG_VALUES = {
     "NUM_CTX_MAX": "200000",
     "END_USER_HEADERS": "X-User: email",
     "OLLAMA_DIALECT_ORIGINS": "chat.example.com",
+    "REQUEST_HEADER_TIMEOUT": "0",
+    "REQUEST_BODY_TIMEOUT": "30s",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
     "REDACT_KEYS": "password;token",
