@@ -258,3 +258,24 @@ def test_ollama_streamed_tool_calls_come_back_as_sent(gateway, ollama):
     assert calls == [p.message.tool_calls for p in expected if p.message.tool_calls] and len(calls) == 2
     assert parts[-1].done and parts[-1].eval_count == expected[-1].eval_count
     assert [c["name"] for c in rows(1)[0].tool_calls] == ["get_weather", "get_time"]
+
+
+def test_streamed_round_trips_in_both_dialects(gateway, ollama):
+    """Call, tool result, final answer, every step streamed, as agents with streaming on run them."""
+    groups, _, _, finish = streamed(via_gateway(gateway), model=MODEL, messages=ASK, tools=[WEATHER])
+    (_, call_id, name, arguments), = groups[0]
+    assert finish == "tool_calls"
+    replay = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "Sunny"}]
+    _, text, _, finish = streamed(via_gateway(gateway), model=MODEL, messages=replay, tools=[WEATHER])
+    assert (text, finish) == ("Tool results: get_weather: Sunny", "stop")
+
+    client = ollama_via_gateway(gateway)
+    parts = list(client.chat(model=MODEL, messages=ASK, tools=[WEATHER], stream=True))
+    calls = [call for part in parts for call in part.message.tool_calls or []]
+    answer = "".join(part.message.content for part in client.chat(model=MODEL, tools=[WEATHER], stream=True, messages=[
+        *ASK, {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_name": "get_weather", "content": "Sunny"}]))
+    assert answer == "Tool results: get_weather: Sunny"
+    assert [row.stream for row in rows(4)] == [True] * 4
