@@ -226,6 +226,7 @@ def test_stopped_mid_load_then_back_on_the_same_port_with_nothing_loaded():
 
 def test_stopped_mid_stream_the_client_sees_the_stream_cut():
     fake = FakeOllama(reply="one two three four", chunk_delay=0.3).start()
+    stopping = threading.Thread(target=fake.stop)
     try:
         lines = []
         with pytest.raises(httpx.RemoteProtocolError):
@@ -233,9 +234,10 @@ def test_stopped_mid_stream_the_client_sees_the_stream_cut():
                 for line in r.iter_lines():
                     lines.append(json.loads(line))
                     if len(lines) == 1:
-                        threading.Thread(target=fake.stop).start()
+                        stopping.start()
         assert len(lines) < 5 and not lines[-1]["done"]
-        assert fake.cancelled == [] and fake.loaded_models() == {}
+        stopping.join(5)
+        assert fake.cancelled == [] and fake.loaded_models() == {} and fake.running_total == 0
     finally:
         fake.stop()
 
