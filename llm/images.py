@@ -72,7 +72,8 @@ def read_url(url) -> Image | UnreadableImage | RemoteImage:
                                    len(url))
         return _decoded_in_chunks(url.data)
     if not isinstance(url, str):
-        return read_base64(url)
+        return UnreadableImage('must be a data URL ("data:image/png;base64,...")',
+                               hashlib.sha256(repr(url).encode()).hexdigest(), 0)
     scheme = url[:8].lower()
     if scheme.startswith(("http://", "https://")):
         return RemoteImage(url)
