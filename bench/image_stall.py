@@ -90,7 +90,7 @@ def in_process(body: bytes) -> dict:
         timings = {}
         started = time.perf_counter()
         data = services._parse(body, len(body), "application/json", door.max_body_bytes, any_type=True,
-                               large=len(body) > door.max_text_bytes)
+                               text_limit=door.max_text_bytes)
         timings["json_parse_ms"] = (time.perf_counter() - started) * 1000  # base64 cut out first
         mark = time.perf_counter()
         services._read_images(data, door, len(body))

@@ -427,7 +427,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             # strings cut out, so that no step holds the event loop (llm.large_bodies).
             large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
             data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
-                          large=large)
+                          text_limit=door.max_text_bytes if large else None)
             if door.images is not None:
                 _read_images(data, door, body_size)
             if door.masks_secrets:
@@ -509,7 +509,7 @@ def _check_origin(origin: str) -> None:
 
 
 def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False,
-           large: bool = False):
+           text_limit: int | None = None):
     if body_size > limit:
         # Only a declared size is known: a chunked body was read no further than one chunk past the limit.
         raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes ({limit / 1024:g} KiB).")
@@ -520,10 +520,12 @@ def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_ty
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        if large:
-            data = large_bodies.loads(body, _json_loads)
+        if text_limit is not None:
+            data = large_bodies.loads(body, _json_loads, text_limit)
         else:
             data = _json_loads(body)
+    except large_bodies.TextTooLarge as exc:
+        raise _text_too_large(exc.size, text_limit) from None
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
@@ -543,13 +545,15 @@ def _read_images(data, door: FrontDoor, body_size: int) -> None:
     carried = sum(len(container[key]) for container, key, _ in found
                   if isinstance(container[key], (str, large_bodies.Base64Text)))
     if door.max_text_bytes is not None and body_size - carried > door.max_text_bytes:
-        limit = door.max_text_bytes
-        raise PayloadTooLarge(
-            f"The request body is {body_size - carried} bytes without its images; the limit is {limit} bytes "
-            f"({limit / 1024:g} KiB, CHAT_MAX_BODY_BYTES). Only images may make a body larger.")
+        raise _text_too_large(body_size - carried, door.max_text_bytes)
     for container, key, read in found:
         container[key] = read(container[key])
     large_bodies.restore(data)  # a long base64 string where no image goes is text like any other
+
+
+def _text_too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body holds at least {size} bytes besides its images; the limit is {limit} "
+                           f"bytes ({limit / 1024:g} KiB, CHAT_MAX_BODY_BYTES). Only images may make a body larger.")
 
 
 def _keep_tool_set(row: Generation, request: GenerationRequest) -> None:

@@ -168,7 +168,7 @@ def test_images_earn_the_larger_body_limit_and_text_does_not(gateway, ollama, vi
             "data:image/png;base64," + base64.b64encode(png_bytes(filler=70_000)).decode())})
 
     assert fits.status_code == 200, fits.text
-    assert wordy.status_code == 413 and "without its images" in wordy.json()["error"]
+    assert wordy.status_code == 413 and "besides its images" in wordy.json()["error"]
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
     rows = {row.http_status for row in Generation.objects.all()}
     assert rows == {200, 413} and Generation.objects.count() == 3
@@ -266,3 +266,19 @@ def test_a_large_image_is_sent_again_whole_when_ollama_asks_for_a_retry(gateway,
     first, second = ollama.requests
     assert first.raw == second.raw and second.json["messages"][0]["images"] == [encoded]
     assert only_row().attempts == 2
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "x" * 150_000}],  # one long text
+    [{"role": "user", "content": "hi"}] * 20_000,  # many small strings: the scan stops at the text limit
+])
+def test_a_large_body_that_is_text_is_refused_unparsed(gateway, ollama, vision, settings, messages):
+    settings.CHAT_MAX_BODY_BYTES = 32 * 1024
+    settings.CHAT_MAX_IMAGE_BODY_BYTES = 1024 * 1024
+
+    with gateway.client() as http:
+        response = http.post("/api/chat", json={"model": vision, "stream": False, "messages": messages})
+
+    assert response.status_code == 413 and "besides its images" in response.json()["error"]
+    assert ollama.requests == []
+    assert only_row().error_type == "payload_too_large"
