@@ -97,7 +97,12 @@ def _exhausted(failures: list[GatewayError], tried: list[dict]) -> GatewayError:
     summary = ", ".join(f"{t['model']} ({t['outcome']})" for t in tried)
     failed = next((exc for exc in failures if not isinstance(exc, ModelNotFound)), None)
     if failed is not None:
-        return type(failed)(f"{failed.message.rstrip('.')}. Models tried: {summary}.")
+        # The client's message and the staff one (with the server and its answer) each keep their own words.
+        return type(failed)(f"{failed.message.rstrip('.')}. Models tried: {summary}.",
+                            staff_message=f"{failed.staff_message.rstrip('.')}. Models tried: {summary}.",
+                            attempts=failed.attempts)
     pulls = " or ".join(f"ollama pull {t['model']}" for t in tried)
-    return ModelNotFound(f"None of the models for this template is available: {summary}. "
-                         f"Pull one on the Ollama server with: {pulls}")
+    staff = "; ".join(exc.staff_message for exc in failures)
+    message = (f"None of the models for this template is available: {summary}. "
+               f"Pull one on the Ollama server with: {pulls}")
+    return ModelNotFound(message, staff_message=f"{message} ({staff})")

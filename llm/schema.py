@@ -42,7 +42,7 @@ ERROR_RESPONSES = {
     401: _error("not_authenticated (no key) or authentication_failed (invalid, expired or revoked key). "
                 "Sent with `WWW-Authenticate: Bearer`.", "authentication_failed", "The API key is not valid."),
     404: _error("model_not_found: the model is not pulled on the Ollama server.", "model_not_found",
-                "Model 'mistral:7b' is not available on Ollama at http://localhost:11434."),
+                "Model 'mistral:7b' is not available on Ollama. Pull it there with: ollama pull mistral:7b"),
     413: _error("payload_too_large: the body is over 64 KiB.", "payload_too_large",
                 "The request body is 70000 bytes; the limit is 65536 bytes (64 KiB)."),
     415: _error("unsupported_media_type: the body must be application/json.", "unsupported_media_type",
@@ -53,7 +53,7 @@ ERROR_RESPONSES = {
                 "asked twice, was not a JSON object).", "invalid_output", "The model's reply is not a JSON object."),
     503: _error("upstream_unavailable (Ollama cannot be reached or is busy, after retries) or audit_unavailable "
                 "(the audit log cannot be written, so nothing was generated).", "upstream_unavailable",
-                "Cannot connect to Ollama at http://localhost:11434."),
+                "Cannot connect to Ollama. (3 attempts)"),
     504: _error("upstream_timeout: Ollama did not reply within OLLAMA_TIMEOUT.", "upstream_timeout",
                 "Ollama did not reply within 120s (OLLAMA_TIMEOUT)."),
 }

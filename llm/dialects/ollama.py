@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere
+from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere, annotate_error
 from llm.models import Generation
 from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -236,7 +236,7 @@ async def _lines(request, streaming: services.Streaming, as_chat: bool):
             yield _line({**_piece(row, event.text, as_chat), "done": False})
             continue
         if event.error is not None:
-            annotate_request_log(request, error_type=event.error.type)
+            annotate_error(request, event.error)
             # The `ollama` clients raise ResponseError from a line holding `error`: the stream's last line.
             yield _line({"error": event.error.message})
             return
@@ -281,6 +281,7 @@ def _line(obj) -> bytes:
 
 
 def error_response(request, exc: GatewayError) -> JsonResponse:
+    annotate_error(request, exc)
     return _error(request, exc.status, exc.message, exc.type, headers=exc.headers)
 
 

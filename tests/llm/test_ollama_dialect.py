@@ -173,9 +173,9 @@ def test_an_error_after_the_stream_started_is_one_error_line(gateway, ollama):
     with pytest.raises(ollama_client.ResponseError) as raised:
         list(client(gateway).chat(model="qwen2.5:7b", messages=HELLO, stream=True))
 
-    assert "runner died" in raised.value.error
+    assert raised.value.error == "Ollama reported an error mid-stream."
     row = only_row()
-    assert (row.status, row.error_type) == ("failed", "upstream_error")
+    assert (row.status, row.error_type) == ("failed", "upstream_error") and "runner died" in row.error_message
 
 
 @pytest.mark.parametrize("call", [
