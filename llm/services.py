@@ -516,8 +516,7 @@ def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer)
     row.template_version = version
     mode = neutral.mode or version.mode
     row.mode = mode
-    models = model_access.permitted(consumer, candidate_models(version, neutral.model),
-                                    chosen=neutral.model is not None)
+    models = candidate_models(version, neutral.model, consumer)
     row.model = models[0][: Generation.SHORT]
     return GenerationRequest(
         role=neutral.role,

@@ -113,4 +113,5 @@ class TemplateListView(APIView):
         responses={200: TemplateCatalogSerializer, 401: ERROR_RESPONSES[401]},
     )
     def get(self, request):
-        return Response(TemplateCatalogSerializer(selectors.template_catalog()).data)
+        # request.user is the key's Consumer (ApiKeyAuthentication): it sees only the models it may use.
+        return Response(TemplateCatalogSerializer(selectors.template_catalog(request.user)).data)
