@@ -19,7 +19,8 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere, annotate_error
+from llm.errors import (GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere, PayloadTooLarge,
+                        annotate_error)
 from llm.models import Generation
 from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -80,14 +81,8 @@ async def show(request):
     """POST /api/show: a model the consumer may use; 404 for any other, as for a model that is missing."""
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        data = None
-    name = (data.get("model") or data.get("name")) if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name:
-        return _error(request, 400, "model is required", "invalid_request")
-    return await _listing(request, "POST", lambda caller: listings.show(caller, name))
+    body, size = http.read_body(request, settings.GENERATE_MAX_BODY_BYTES)
+    return await _listing(request, "POST", lambda caller: listings.show(caller, lambda: _model_to_show(body, size)))
 
 
 @csrf_exempt
@@ -138,6 +133,32 @@ async def embeddings(request):
 
 
 # -- request ----------------------------------------------------------------------------------------------------------
+
+
+def _model_to_show(body: bytes, size: int) -> str:
+    """The model /api/show asks for (`model`, or the older `name`); PayloadTooLarge or InvalidRequest otherwise.
+
+    The body is bounded, and only its top level is read: however deep it nests within the bound, nothing walks it.
+    """
+    limit = settings.GENERATE_MAX_BODY_BYTES
+    if size > limit:
+        raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes")
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        # ValueError covers invalid UTF-8; RecursionError, arrays or objects nested thousands of levels deep.
+        raise InvalidRequest("the request body is not valid JSON (or is nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise invalid("body", "the request body must be a JSON object")
+    name = data.get("model") or data.get("name")
+    if name in (None, ""):
+        raise invalid("model", "model is required")
+    # A model name is ASCII (which also keeps out a lone surrogate, which no database or HTTP body can carry).
+    problem = model_name_problem(name)
+    if problem:
+        raise invalid("model", f"model: {problem}")
+    return name
+
 
 
 def parse_chat(data) -> NeutralRequest:

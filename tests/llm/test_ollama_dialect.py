@@ -193,3 +193,36 @@ def test_embeddings_are_not_implemented(gateway):
     with pytest.raises(ollama_client.ResponseError) as raised:
         client(gateway).embed(model="qwen2.5:7b", input="hi")
     assert raised.value.status_code == 501
+
+
+NESTED = b'{"model": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+SURROGATE = b'{"model": "qwen\\ud800"}'
+
+
+@pytest.mark.parametrize("body", [NESTED, SURROGATE, b"\xff\xfe not utf-8", b"[1, 2]"],
+                         ids=["nested", "surrogate", "not-utf8", "not-an-object"])
+def test_show_checks_the_key_before_it_reads_the_body(gateway, body):
+    with httpx.Client(base_url=gateway.url, trust_env=False) as h:
+        response = h.post("/api/show", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 401 and isinstance(response.json()["error"], str)
+
+
+@pytest.mark.parametrize("body, says", [
+    (NESTED, "not valid JSON"), (SURROGATE, "model: Must be an Ollama model name"),
+    (b"\xff\xfe not utf-8", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
+    (b'{"model": 7}', "model: Must be a model name"), (b"{}", "model is required"),
+], ids=["nested", "surrogate", "not-utf8", "not-an-object", "not-a-string", "missing"])
+def test_show_answers_a_bad_body_400_in_ollamas_shape(gateway, body, says):
+    with httpx.Client(base_url=gateway.url, trust_env=False, headers={"Authorization": f"Bearer {gateway.key}"}) as h:
+        response = h.post("/api/show", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"} and says in response.json()["error"]
+
+
+def test_show_refuses_a_body_over_the_limit(gateway):
+    with httpx.Client(base_url=gateway.url, trust_env=False, headers={"Authorization": f"Bearer {gateway.key}"}) as h:
+        response = h.post("/api/show", content=b'{"model": "' + b"a" * 70_000 + b'"}')
+
+    assert response.status_code == 413 and "limit is 65536 bytes" in response.json()["error"]
