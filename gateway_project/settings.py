@@ -92,6 +92,8 @@ MIDDLEWARE = [
 # list above (it authenticates by API key, not by session, and sends no cookies).
 API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    # Django's host check runs only when something asks for the host; on this chain nothing else does.
+    "llm.dialects.hosts.AllowedHostsMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
 # The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of

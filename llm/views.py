@@ -40,8 +40,7 @@ async def generate(request):
     try:
         result = await http.generate(request, caller=http.caller_of(request), door=door)
     except GatewayError as exc:
-        annotate_error(request, exc)
-        return _error(request, exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
+        return error_response(request, exc)
     if isinstance(result, services.Streaming):
         annotate_request_log(request, provider=result.row.provider, model=result.row.model, stream=True)
         response = StreamingHttpResponse(_ndjson(request, result), content_type=NDJSON,
@@ -89,6 +88,12 @@ def generation_body(row) -> dict:
 
 def _line(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def error_response(request, exc: GatewayError) -> HttpResponse:
+    """A gateway error in the native shape."""
+    annotate_error(request, exc)
+    return _error(request, exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
 
 
 def _error(request, status: int, type_: str, message: str, *, details=None, headers=None) -> HttpResponse:
