@@ -252,12 +252,12 @@ def test_admin_filters_generations_by_consumer(admin_client_, consumer, generate
 # -- an API key opens the generation API and nothing else ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/api/v1/debug/settings", "/api/v1/debug/ollama"])
+@pytest.mark.parametrize("method, url", [("get", "/api/v1/debug/settings"), ("post", "/api/v1/debug/ollama")])
 @pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"])
-def test_an_api_key_does_not_open_the_debug_endpoints(client, api_key, ollama, url, header):
+def test_an_api_key_does_not_open_the_debug_endpoints(client, api_key, ollama, method, url, header):
     value = f"Bearer {api_key}" if header == "HTTP_AUTHORIZATION" else api_key
 
-    response = client.get(url, **{header: value})
+    response = getattr(client, method)(url, content_type="application/json", **{header: value})
 
     assert response.status_code in (401, 403), response.content
     assert response.json()["error"]["type"] in ("not_authenticated", "authentication_failed", "permission_denied")
