@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -105,6 +106,24 @@ API_PATHS = ("/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/api/g
              "/api/version",
              "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
              "/api/delete")
+
+# Content-Security-Policy of every page of the full chain (the admin, the usage dashboard, the diagnostics pages,
+# Swagger UI): scripts, styles, images and fonts from the gateway itself only, nothing inline, no frames, forms
+# posting only here. An injected <script> or style, or a page framing the admin, does nothing. SVG charts are
+# markup; Swagger UI's icons are data: images, its start-up script a file of its own (llm.schema_urls).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"

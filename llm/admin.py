@@ -216,6 +216,10 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
     form = PromptTemplateForm
     change_form_template = "admin/llm/prompttemplate/change_form.html"
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     list_display = ("role", "task", "is_active", "current_number", "description")
     list_filter = ("is_active", "role")
     search_fields = ("role", "task", "description")
@@ -317,6 +321,10 @@ class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
     list_display = ("template", "number", "created_at", "created_by", "model", "mode")
     list_filter = ("template__role", "template__task")
     list_select_related = ("template",)
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     fieldsets = (
         (None, {"fields": ("template", "number", "created_at", "created_by")}),
         ("Prompt", {"fields": ("system_prompt_text", "user_template_text", "mode", "output_schema_json")}),
@@ -457,7 +465,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
             return queryset.none(), False
 
     class Media:
-        css = {"all": ("llm/generations.css",)}
+        css = {"all": ("llm/admin.css", "llm/generations.css")}
 
     @admin.display(description="Created (UTC)", ordering="created_at")
     def created(self, obj):
@@ -524,12 +532,12 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         return _pretty(obj.output)
 
 
+# Styled by llm/admin.css (no inline styles: the Content-Security-Policy refuses them).
 def _pre(text: str):
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
+    return format_html('<pre class="text">{}</pre>', text)
 
 
 def _pretty(value):
     if value is None:
         return "—"
-    return format_html('<pre class="json" style="white-space: pre-wrap; margin: 0">{}</pre>',
-                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
