@@ -208,6 +208,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="seconds a whole generation may take, retries and fallbacks included; then 504"),
     SettingSpec("UPSTREAM_MAX_IN_FLIGHT", "64", _integer(0, 100_000),
                 help="calls to the provider one gateway process makes at once; 0: no cap"),
+    SettingSpec("DEFAULT_MAX_CONCURRENT", "16", _integer(0, 100_000),
+                help="generations a consumer without its own max_concurrent may have in flight at once, per gateway "
+                     "process; 0: no cap"),
     SettingSpec("UPSTREAM_QUEUE_TIMEOUT", "30", _number(0),
                 help="seconds a generation waits for a free upstream slot before 503 upstream_busy"),
     SettingSpec("GRACEFUL_TIMEOUT", "300", _number(0),

@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
-from llm import api_keys, dashboard, prompt_templates
+from llm import admission, api_keys, dashboard, prompt_templates
 from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
 
@@ -63,13 +63,20 @@ class ConsumerForm(forms.ModelForm):
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
     form = ConsumerForm
-    list_display = ("name", "is_active", "rate_limit_per_minute", "templates_only", "created_at")
+    list_display = ("name", "is_active", "rate_limit_per_minute", "concurrency_cap", "templates_only", "created_at")
     list_filter = ("is_active", "templates_only")
     search_fields = ("name",)
     fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
               "created_at")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
+
+    @admin.display(description="Max concurrent", ordering="max_concurrent")
+    def concurrency_cap(self, obj):
+        """What applies: its own cap, or DEFAULT_MAX_CONCURRENT (said so) when it has none; 0 is no cap."""
+        cap, named = admission.concurrency_cap(obj)
+        shown = str(cap) if cap else "no cap"
+        return shown if named == "max_concurrent" else f"{shown} (default)"
 
 
 @admin.register(ApiKey)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -185,13 +186,27 @@ def test_create_api_key_sets_and_lifts_the_concurrency_cap():
     lines = run_create_api_key("batch-jobs", "--max-concurrent", "3")
 
     assert Consumer.objects.get(name="batch-jobs").max_concurrent == 3
-    assert any("At most 3 generations in flight" in line for line in lines)
-    run_create_api_key("batch-jobs", "--max-concurrent", "0")
+    assert any("At most 3 generations in flight" in line and "(max_concurrent)" in line for line in lines)
+    lines = run_create_api_key("batch-jobs", "--max-concurrent", "0")
+    assert Consumer.objects.get(name="batch-jobs").max_concurrent == 0
+    assert any("No cap on generations in flight" in line for line in lines)
+    lines = run_create_api_key("batch-jobs", "--max-concurrent", "default")
     assert Consumer.objects.get(name="batch-jobs").max_concurrent is None
+    assert any("At most 16 generations in flight" in line and "(DEFAULT_MAX_CONCURRENT)" in line for line in lines)
+
+
+def test_a_new_consumer_gets_the_default_concurrency_cap(settings):
+    settings.DEFAULT_MAX_CONCURRENT = 5
+
+    lines = run_create_api_key("new-team")
+
+    assert Consumer.objects.get(name="new-team").max_concurrent is None
+    assert any("At most 5 generations in flight" in line for line in lines)
 
 
 @pytest.mark.parametrize("args", [("",), ("x" * 101,), ("crm", "--expires-in-days", "0"),
-                                  ("crm", "--rate-limit", "-1"), ("crm", "--max-concurrent", "-2")])
+                                  ("crm", "--rate-limit", "-1"), ("crm", "--max-concurrent", "-2"),
+                                  ("crm", "--max-concurrent", "lots")])
 def test_create_api_key_refuses_bad_arguments(args):
     with pytest.raises(CommandError):
         call_command("create_api_key", *args)
@@ -225,6 +240,24 @@ def test_admin_creates_a_key_and_shows_it_once(admin_client_, consumer, generate
     assert key.prefix in change_page
     assert raw not in change_page and key.hash not in change_page
     assert generate(valid_request, key=raw).status_code == 200
+
+
+def test_admin_shows_each_consumers_concurrency_cap_and_takes_0_and_empty(admin_client_, consumer, settings):
+    settings.DEFAULT_MAX_CONCURRENT = 16
+    Consumer.objects.create(name="batch-jobs", max_concurrent=3)
+    Consumer.objects.create(name="trusted", max_concurrent=0)
+
+    listing = admin_client_.get(reverse("admin:llm_consumer_changelist")).content.decode()
+    form = admin_client_.get(reverse("admin:llm_consumer_change", args=[consumer.pk])).content.decode()
+    admin_client_.post(reverse("admin:llm_consumer_change", args=[consumer.pk]), {
+        "name": consumer.name, "is_active": "on", "rate_limit_per_minute": "", "max_concurrent": "0",
+        "allowed_models": "", "api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0"})
+
+    cells = {name: re.search(rf'>{name}</a></th>.*?<td class="field-concurrency_cap">(.*?)</td>', listing,
+                             re.S).group(1) for name in ("test-team", "batch-jobs", "trusted")}
+    assert cells == {"test-team": "16 (default)", "batch-jobs": "3", "trusted": "no cap"}
+    assert "empty: the global DEFAULT_MAX_CONCURRENT; 0: no cap." in form
+    assert Consumer.objects.get(pk=consumer.pk).max_concurrent == 0
 
 
 def test_admin_revoke_action(admin_client_, consumer, generate, valid_request):
