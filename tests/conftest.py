@@ -26,6 +26,16 @@ def _no_mock_delay(settings):
 
 
 @pytest.fixture(autouse=True)
+def _no_condition_carried_over():
+    """Expected conditions are logged once per process until they clear: each test starts from none."""
+    from gateway_project.conditions import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
     cache.clear()

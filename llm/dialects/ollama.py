@@ -19,8 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import (GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere, PayloadTooLarge,
-                        annotate_error)
+from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, PayloadTooLarge, annotate_error
 from llm.models import Generation
 from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -127,9 +126,9 @@ async def model_management(request, digest: str = ""):
 
 @csrf_exempt
 async def embeddings(request):
-    return error_response(request, NotImplementedHere(
-        "Embeddings are not available through the gateway yet: only /api/chat, /api/generate and the model "
-        "listings are."))
+    return error_response(request, http.not_served(
+        request, "Embeddings are not available through the gateway yet: only /api/chat, /api/generate and the model "
+                 "listings are."))
 
 
 # -- request ----------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, NotImplementedHere, annotate_error
+from llm.errors import GatewayError, InvalidRequest, annotate_error
 from llm.models import Generation
 from llm.request_rules import (JSON, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -113,8 +113,9 @@ async def _listed(request) -> list[dict] | HttpResponse:
 
 @csrf_exempt
 async def embeddings(request):
-    return error_response(request, NotImplementedHere(
-        "Embeddings are not available through the gateway yet: only chat completions and model listings are."))
+    return error_response(request, http.not_served(
+        request, "Embeddings are not available through the gateway yet: only chat completions and model listings "
+                 "are."))
 
 
 @csrf_exempt

@@ -17,6 +17,7 @@ from typing import Callable
 
 import httpx
 
+from gateway_project.conditions import Conditions
 from gateway_project.redaction import mask_url
 from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
                         UpstreamUnavailable)
@@ -30,6 +31,8 @@ logger = logging.getLogger("llm.providers")
 # OLLAMA_TIMEOUT, and trying again would make the client wait that long once more.
 RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                             httpx.WriteError, httpx.PoolTimeout)
+# What says the server (or the way to it) is in trouble, as opposed to a request it refused or a model it lacks.
+SERVER_FAILURES = ("upstream_unavailable", "upstream_timeout", "upstream_error")
 # Busy (429) or failing (5xx): worth another try. Other 4xx say the request itself is wrong: never retried.
 RETRIED_STATUS_MIN = 500
 TOO_MANY_REQUESTS = 429
@@ -87,6 +90,8 @@ class OllamaProvider:
         self.shown_url = mask_url(self.base_url)
         # How staff messages name the server; clients only ever read "Ollama".
         self.where = f"Ollama at {self.shown_url}"
+        # The server failing (by error type) is logged when it begins and when it is over, not per request.
+        self.failing = Conditions(logger, f"ollama {self.shown_url}")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
@@ -119,6 +124,49 @@ class OllamaProvider:
         )
 
     async def generate(self, request: GenerationRequest) -> ProviderReply:
+        try:
+            reply = await self._generate(request)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return reply
+
+    async def stream(self, request: GenerationRequest) -> OllamaStream:
+        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+        try:
+            stream = await self._stream(request)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return stream
+
+    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
+
+        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
+        """
+        try:
+            data = await self._catalog(method, path, body)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return data
+
+    def note_failure(self, exc: GatewayError) -> None:
+        """A failure of the server's (not of a request or a missing model): logged once, until it is over."""
+        if exc.type in SERVER_FAILURES:
+            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {exc.staff_message}",
+                                            base_url=self.shown_url)
+
+    def note_answer(self) -> None:
+        for condition in self.failing.all():
+            condition.cleared(f"Ollama answers again ({condition.name.rsplit(':', 1)[-1]} is over)",
+                              base_url=self.shown_url)
+
+    async def _generate(self, request: GenerationRequest) -> ProviderReply:
         started = time.perf_counter()
         response, attempts, _ = await self._send(_chat_body(request, stream=False), stream=False)
         try:
@@ -136,8 +184,7 @@ class OllamaProvider:
             durations=_durations(reply),
         )
 
-    async def stream(self, request: GenerationRequest) -> OllamaStream:
-        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+    async def _stream(self, request: GenerationRequest) -> OllamaStream:
         started = time.perf_counter()
         response, attempts, release = await self._send(_chat_body(request, stream=True), stream=True)
         stream = OllamaStream(self, response, request.model, started, attempts, release)
@@ -154,11 +201,7 @@ class OllamaProvider:
             raise
         return stream
 
-    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
-
-        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
-        """
+    async def _catalog(self, method: str, path: str, body: dict | None = None) -> dict:
         where = self.where
         client, release = self._shards().lease()
         try:
@@ -310,7 +353,11 @@ class OllamaStream:
 
     async def __aiter__(self):
         while not self._done:
-            piece = await self._next_piece(before_first=False)
+            try:
+                piece = await self._next_piece(before_first=False)
+            except GatewayError as exc:
+                self.provider.note_failure(exc)
+                raise
             if piece:
                 yield piece
 
