@@ -46,6 +46,7 @@ OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
 GENERATION_DEADLINE = env["GENERATION_DEADLINE"]
 UPSTREAM_MAX_IN_FLIGHT = env["UPSTREAM_MAX_IN_FLIGHT"]
 UPSTREAM_QUEUE_TIMEOUT = env["UPSTREAM_QUEUE_TIMEOUT"]
+DEFAULT_MAX_CONCURRENT = env["DEFAULT_MAX_CONCURRENT"]
 GRACEFUL_TIMEOUT = env["GRACEFUL_TIMEOUT"]
 DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 # Database steps of async views run in a pool of threads (gateway_project.db_steps); the test suite runs them in
@@ -91,6 +92,7 @@ MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
     "llm.body_limits.UnreadBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -104,6 +106,8 @@ MIDDLEWARE = [
 # list above (it authenticates by API key, not by session, and sends no cookies).
 API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    # Django's host check runs only when something asks for the host; on this chain nothing else does.
+    "llm.dialects.hosts.AllowedHostsMiddleware",
     "llm.body_limits.UnreadBodyMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
@@ -116,6 +120,24 @@ API_PATHS = ("/", "/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/
              "/api/version",
              "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
              "/api/delete")
+
+# Content-Security-Policy of every page of the full chain (the admin, the usage dashboard, the diagnostics pages,
+# Swagger UI): scripts, styles, images and fonts from the gateway itself only, nothing inline, no frames, forms
+# posting only here. An injected <script> or style, or a page framing the admin, does nothing. SVG charts are
+# markup; Swagger UI's icons are data: images, its start-up script a file of its own (llm.schema_urls).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"

@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
-from llm import api_keys, dashboard, prompt_templates
+from llm import admission, api_keys, dashboard, prompt_templates
 from llm.models import (VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion,
                         ToolSet)
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
@@ -64,13 +64,20 @@ class ConsumerForm(forms.ModelForm):
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
     form = ConsumerForm
-    list_display = ("name", "is_active", "rate_limit_per_minute", "templates_only", "created_at")
+    list_display = ("name", "is_active", "rate_limit_per_minute", "concurrency_cap", "templates_only", "created_at")
     list_filter = ("is_active", "templates_only")
     search_fields = ("name",)
     fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
               "created_at")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
+
+    @admin.display(description="Max concurrent", ordering="max_concurrent")
+    def concurrency_cap(self, obj):
+        """What applies: its own cap, or DEFAULT_MAX_CONCURRENT (said so) when it has none; 0 is no cap."""
+        cap, named = admission.concurrency_cap(obj)
+        shown = str(cap) if cap else "no cap"
+        return shown if named == "max_concurrent" else f"{shown} (default)"
 
 
 @admin.register(ApiKey)
@@ -217,6 +224,10 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
     form = PromptTemplateForm
     change_form_template = "admin/llm/prompttemplate/change_form.html"
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     list_display = ("role", "task", "is_active", "current_number", "description")
     list_filter = ("is_active", "role")
     search_fields = ("role", "task", "description")
@@ -318,6 +329,10 @@ class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
     list_display = ("template", "number", "created_at", "created_by", "model", "mode")
     list_filter = ("template__role", "template__task")
     list_select_related = ("template",)
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     fieldsets = (
         (None, {"fields": ("template", "number", "created_at", "created_by")}),
         ("Prompt", {"fields": ("system_prompt_text", "user_template_text", "mode", "output_schema_json")}),
@@ -459,7 +474,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
             return queryset.filter(end_user=term[: Generation._meta.get_field("end_user").max_length]), False
 
     class Media:
-        css = {"all": ("llm/generations.css",)}
+        css = {"all": ("llm/admin.css", "llm/generations.css")}
 
     @admin.display(description="Created (UTC)", ordering="created_at")
     def created(self, obj):
@@ -584,12 +599,12 @@ def _calls_table(calls: list):
                        '</thead><tbody>{}</tbody></table>', rows)
 
 
+# Styled by llm/admin.css (no inline styles: the Content-Security-Policy refuses them).
 def _pre(text: str):
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
+    return format_html('<pre class="text">{}</pre>', text)
 
 
 def _pretty(value):
     if value is None:
         return "—"
-    return format_html('<pre class="json" style="white-space: pre-wrap; margin: 0">{}</pre>',
-                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))

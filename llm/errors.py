@@ -20,19 +20,28 @@ logger = logging.getLogger("llm.errors")
 
 
 class GatewayError(Exception):
-    """An error with a machine-readable type and the HTTP status it is answered with."""
+    """An error with a machine-readable type and the HTTP status it is answered with.
+
+    `message` is what the client is told; `staff_message` (the message itself unless given) is what the audit row
+    and the log record. Only the staff message may name a server, its address or what it answered.
+    """
 
     type = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, details: dict | None = None, headers: dict | None = None,
-                 attempts: int | None = None):
+    def __init__(self, message: str, *, staff_message: str | None = None, details: dict | None = None,
+                 headers: dict | None = None, attempts: int | None = None):
         super().__init__(message)
         self.message = message
+        self.staff_message = staff_message or message
         self.details = details
         self.headers = headers or {}
         # Calls made to the provider before this error was raised, retries included (None: not a provider error).
         self.attempts = attempts
+
+    @property
+    def has_staff_detail(self) -> bool:
+        return self.staff_message != self.message
 
 
 AUTHENTICATE_HEADER = 'Bearer realm="llm-gateway"'
@@ -120,6 +129,14 @@ class AuditUnavailable(GatewayError):
     type, status = "audit_unavailable", 503
 
 
+def annotate_error(request, exc: GatewayError) -> None:
+    """Name the error on the request's log line: its type, and for staff what the client was not told."""
+    fields = {"error_type": exc.type}
+    if exc.has_staff_detail:
+        fields["error_detail"] = exc.staff_message
+    annotate_request_log(request, **fields)
+
+
 def error_body(*, type: str, message: str, request_id, details: dict | None = None) -> dict:
     error = {"type": type, "message": message, "request_id": str(request_id) if request_id else None}
     if details:
@@ -151,7 +168,7 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, GatewayError):
-        annotate_request_log(request, error_type=exc.type)
+        annotate_error(request, exc)
         body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)
         return Response(body, status=exc.status, headers=exc.headers)
     if isinstance(exc, drf_exceptions.APIException):

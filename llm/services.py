@@ -302,7 +302,7 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
                           thinking=_storable(reply.thinking), tool_calls=_storable(audit_calls(reply.tool_calls)))
         else:
             # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
-            await _finish(row, row.fail, error_type=error.type, message=error.message,
+            await _finish(row, row.fail, error_type=error.type, message=_storable(error.staff_message),
                           http_status=error.status if leaving else 200, latency_ms=_elapsed_ms(started),
                           upstream_ms=_rounded(timing.upstream_ms), raw_output=_storable("".join(text)),
                           attempts=route.attempts, prompt_tokens=reply.prompt_tokens if reply else None,
@@ -389,7 +389,7 @@ def _release_consumer(row: Generation) -> None:
 async def _finish_failure(row: Generation, route: Route, exc: GatewayError, started: float, *,
                           raw_output: str = "") -> None:
     row.models_tried = route.tried
-    await _finish(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+    await _finish(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
                   latency_ms=_elapsed_ms(started),
                   upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
                   raw_output=_storable(raw_output), attempts=route.attempts)
@@ -636,8 +636,7 @@ def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer)
     row.template_version = version
     mode = neutral.mode or version.mode
     row.mode = mode
-    models = model_access.permitted(consumer, candidate_models(version, neutral.model),
-                                    chosen=neutral.model is not None)
+    models = candidate_models(version, neutral.model, consumer)
     row.model = models[0][: Generation.SHORT]
     return GenerationRequest(
         role=neutral.role,
@@ -723,7 +722,7 @@ def _storable(value):
 
 def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
                     raw_output: str = "", attempts: int = 0) -> None:
-    _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+    _complete(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
               latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output),
               attempts=attempts)
 

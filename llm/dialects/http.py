@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 
 from gateway_project import request_body
+from gateway_project.conditions import Conditions
 from gateway_project.middleware import annotate_request_log
 from llm import api_keys, services
+from llm.errors import NotImplementedHere
+
+logger = logging.getLogger("llm.dialects")
+# Endpoints of the dialects that the gateway answers 501: an operator learns once per process that clients want one.
+NOT_SERVED = Conditions(logger, "not_implemented")
 
 
 def caller_of(request, *, basic: bool = False) -> services.Caller:
@@ -54,6 +62,13 @@ def read_body(request, limit: int) -> tuple[bytes, int, bool]:
     if len(body) > limit:
         return b"", len(body), False
     return body, len(body), False
+
+
+def not_served(request, message: str) -> NotImplementedHere:
+    """The 501 for one of the dialect's endpoints the gateway does not serve yet (its path is one of the URLconf's)."""
+    NOT_SERVED[request.path].occurred(f"a client asked for {request.path}, which the gateway does not serve yet "
+                                      "(501); further requests for it are not logged", path=request.path)
+    return NotImplementedHere(message)
 
 
 def server_timing(timing: services.Timing) -> str:

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, NotImplementedHere
+from llm.errors import GatewayError, InvalidRequest, annotate_error
 from llm.images import RemoteImage, UnreadableImage, read_url
 from llm.models import Generation, audit_calls
 from llm.providers.base import Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
@@ -124,8 +124,9 @@ async def _listed(request) -> list[dict] | HttpResponse:
 
 @csrf_exempt
 async def embeddings(request):
-    return error_response(request, NotImplementedHere(
-        "Embeddings are not available through the gateway yet: only chat completions and model listings are."))
+    return error_response(request, http.not_served(
+        request, "Embeddings are not available through the gateway yet: only chat completions and model listings "
+                 "are."))
 
 
 @csrf_exempt
@@ -506,7 +507,7 @@ async def _events(request, streaming: services.Streaming, include_usage: bool):
             calls_sent += len(event.calls)
             continue
         if event.error is not None:
-            annotate_request_log(request, error_type=event.error.type)
+            annotate_error(request, event.error)
             # The SDK raises APIError from an event whose data holds `error`: the stream's one error event.
             yield _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
             return
@@ -584,6 +585,7 @@ def error_response(request, exc: GatewayError) -> JsonResponse:
         # The gateway already retried upstream, or the request itself is wrong: the SDK's retries would only
         # multiply the gateway's.
         headers["x-should-retry"] = "false"
+    annotate_error(request, exc)
     return _error(request, exc.status, exc.message, code=exc.type, param=param, headers=headers)
 
 
