@@ -73,7 +73,7 @@ def test_a_reply_that_misses_the_schema_twice_is_invalid_output_saying_why(gener
 
     error = assert_error(generate(valid_request), 502, "invalid_output")
 
-    assert "does not match the template's output schema" in error["message"]
+    assert "does not match the output schema" in error["message"]
     assert complaint in error["message"]
     assert len(ollama.requests) == 2
     row = only_row()
