@@ -8,7 +8,6 @@ is charged before the work it pays for: a reply too costly to check is refused, 
 from __future__ import annotations
 
 import contextvars
-import functools
 
 import re2
 from jsonschema import Draft202012Validator, validators
@@ -29,6 +28,8 @@ DESCEND = 3
 # Keyword checks nested inside one another at once (the reply's depth times the schema's): three Python frames each,
 # well below the interpreter's recursion limit with the request's own frames.
 MAX_NESTING = 150
+# Levels of a value that uniqueItems, enum or const compare (two frames each, on top of the keyword checks').
+MAX_COMPARED_DEPTH = 50
 
 # RE2's memory for one pattern, its program and its DFA's cache. Past it a pattern does not compile (at about 1,600
 # instructions), which it finds out within a millisecond: with more, a pattern such as \p{L}{1000} takes ten.
@@ -83,7 +84,7 @@ def reply_error(schema: dict, instance, resolver) -> ValidationError | None:
         # The check resolved every ref; a $dynamicRef's target may still depend on the path validation takes.
         raise TooCostly(f"the ref {exc.ref!r} did not resolve inside the schema") from None
     except RecursionError:
-        raise TooCostly(f"its values and the schema's subschemas nest too deeply") from None
+        raise TooCostly("its values and the schema's subschemas nest too deeply") from None
     finally:
         _METER.reset(token)
 
@@ -165,12 +166,12 @@ def _canonical(value, meter: _Meter, depth: int = 0):
     if value is True or value is False:
         return ("bool", value)
     if isinstance(value, list):
-        if depth > MAX_NESTING:
-            raise TooCostly(f"it nests more than {MAX_NESTING} levels deep")
+        if depth > MAX_COMPARED_DEPTH:
+            raise TooCostly(f"a value it compares nests more than {MAX_COMPARED_DEPTH} levels deep")
         return ("list", tuple(_canonical(item, meter, depth + 1) for item in value))
     if isinstance(value, dict):
-        if depth > MAX_NESTING:
-            raise TooCostly(f"it nests more than {MAX_NESTING} levels deep")
+        if depth > MAX_COMPARED_DEPTH:
+            raise TooCostly(f"a value it compares nests more than {MAX_COMPARED_DEPTH} levels deep")
         return ("object", frozenset((key, _canonical(item, meter, depth + 1)) for key, item in value.items()))
     return value  # a string, a number or null: none equals a tuple or another kind
 

@@ -357,7 +357,7 @@ WORST_SCHEMAS = {
     "128 anchors and refs to them": {"type": "object", "$defs": {f"d{n}": {"$anchor": f"a{n}"} for n in range(128)},
                                      "properties": {f"p{n}": {"$ref": f"#a{n}"} for n in range(128)}},
     "64 patterns, 8 Unicode classes": {"type": "object", "properties": {
-        f"p{n}": {"pattern": f"^[\\pL\\pN]{{1,3}}{n}$" if n < 4 else f"^(a|b|{n})+[c-z]{{2,30}}$"} for n in range(64)}},
+        f"p{n}": {"pattern": f"^[\\pL\\pN]+{n}$" if n < 4 else f"^(a|b|{n})+[c-z]{{2,30}}$"} for n in range(64)}},
     "a 60 KB enum": {"type": "object", "properties": {"a": {"enum": [[[[n]]] for n in range(6000)]}}},
     "refs multiplying subschemas": {"type": "object", "$defs": {
         **{f"d{n}": {"anyOf": [{"$ref": f"#/$defs/d{n + 1}"}, {"$ref": f"#/$defs/d{n + 1}"}]} for n in range(100)},
@@ -386,8 +386,9 @@ def test_checking_the_worst_schemas_takes_milliseconds(name):
 
     output_schema._verdicts.clear()
     with cpu_time() as spent:
-        schema_problem(WORST_SCHEMAS[name])
+        problem = schema_problem(WORST_SCHEMAS[name])
 
+    assert problem is None or name == "refs multiplying subschemas", problem
     assert spent.seconds < 0.025, f"{spent.seconds * 1000:.1f} ms"
 
 
