@@ -129,7 +129,7 @@ def _reply(request: GenerationRequest, content: str, started: float) -> Provider
 # more (minItems up to output_schema.MAX_MINIMUM at every level): the mock stops there, and the gateway's check of
 # the reply says what falls short.
 MOCK_MAX_VALUES = 1_000
-MOCK_MAX_TEXT = 64 * 1024
+MOCK_MAX_TEXT = 1024 * 1024  # a payload's echo is at most the request body's 64 KiB
 MOCK_MAX_DEPTH = 32
 
 
@@ -203,11 +203,13 @@ class _MockValue:
             return [self.build(items, f"{name} {index + 1}", resolver, depth + 1, following,
                                minimal=minimal) for index in range(count)]
         if kind == "string":
-            text = f"[{self.label}] {name or 'value'}" + (f": {self.echo}" if self.echo else "")
+            prefix = f"[{self.label}] {name or 'value'}"
+            text = prefix + (f": {self.echo}" if self.echo else "")
+            if len(text) > self.text_left:
+                text = text[:max(self.text_left, len(prefix))]  # the echo goes first, the name stays
             low, high = _count(schema.get("minLength"), 0), schema.get("maxLength")
-            text = text.ljust(min(low, self.text_left), ".")
-            text = text[:high] if isinstance(high, int) else text
-            text = text[:max(self.text_left, 0)]
+            text = text.ljust(min(low, max(self.text_left, len(text))), ".")
+            text = text[:high] if isinstance(high, int) and not isinstance(high, bool) else text
             self.text_left -= len(text)
             return text
         if kind in ("integer", "number"):

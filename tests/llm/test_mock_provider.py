@@ -8,7 +8,7 @@ from jsonschema import Draft202012Validator
 
 from llm.models import PromptTemplateVersion
 from llm.providers.base import GenerationRequest
-from llm.providers.mock import mock_content, payload_text
+from llm.providers.mock import MOCK_MAX_TEXT, mock_content, payload_text
 
 SNS_PAYLOAD = {"product": "Green tea", "tone": "calm"}
 
@@ -120,8 +120,8 @@ def test_the_mock_builds_no_more_than_its_bounds(schema):
     finally:
         tracemalloc.stop()
 
-    assert peak < 2 * 1024 * 1024, f"{peak / 1024:.0f} KiB"
-    assert len(content) < 200 * 1024
+    assert peak < 8 * MOCK_MAX_TEXT, f"{peak / 1024:.0f} KiB"
+    assert len(content) < MOCK_MAX_TEXT + 100 * 1024
 
 
 def test_the_mock_follows_recursive_refs_and_ends():
