@@ -25,6 +25,7 @@ NOTHING_TO_RETRIEVE = Registry()
 VALIDATION_BUDGET = 5_000
 KEYWORD_COST = 2
 DESCEND = 3
+ERROR_LEVEL_COST = 1
 # Keyword checks nested inside one another at once (the reply's depth times the schema's): three Python frames each,
 # well below the interpreter's recursion limit with the request's own frames.
 MAX_NESTING = 150
@@ -139,9 +140,13 @@ def _metered(keyword: str, check):
             if meter.nesting > MAX_NESTING:
                 raise TooCostly(f"its values and the schema's subschemas nest more than {MAX_NESTING} levels deep")
             for error in check(validator, value, instance, schema) or ():
-                if not getattr(error, "_metered", False):
+                # Each level an error passes up costs jsonschema a few frames and bookkeeping; its message was
+                # paid for once, where it was written.
+                if getattr(error, "_metered", False):
+                    meter.spend(ERROR_LEVEL_COST)
+                else:
                     error._metered = True
-                    meter.spend(len(error.message) / 100)
+                    meter.spend(ERROR_LEVEL_COST + len(error.message) / 100)
                 yield error
         finally:
             meter.nesting -= 1

@@ -129,7 +129,7 @@ def _reply(request: GenerationRequest, content: str, started: float) -> Provider
 # more (minItems up to output_schema.MAX_MINIMUM at every level): the mock stops there, and the gateway's check of
 # the reply says what falls short.
 MOCK_MAX_VALUES = 1_000
-MOCK_MAX_TEXT = 1024 * 1024  # a payload's echo is at most the request body's 64 KiB
+MOCK_MAX_TEXT = 256 * 1024  # a payload is at most 64 KiB, and a few strings echo it whole
 MOCK_MAX_DEPTH = 32
 
 
