@@ -129,6 +129,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 class IndentedJSONField(forms.JSONField):
     """JSON shown indented for editing, and nothing rather than `null` when there is no value."""
 
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            # Python's JSON parser recurses: text nested a thousand levels deep exhausts its stack.
+            raise forms.ValidationError("Enter JSON nested less deeply.", code="invalid") from None
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
+
     def prepare_value(self, value):
         if value is None or isinstance(value, forms.fields.InvalidJSONInput):
             return "" if value is None else value
