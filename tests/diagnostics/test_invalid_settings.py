@@ -45,6 +45,8 @@ WRONG_VALUES = {
     "GRACEFUL_TIMEOUT": "-5",
     "DATABASE_POOL_SIZE": "0",
     "AUDIT_RETENTION_DAYS": "90d",
+    "AUDIT_SPOOL_DIR": "var/audit-spool",
+    "AUDIT_SPOOL_MAX_MB": "1GB",
     "CHAT_MAX_BODY_BYTES": "1MiB",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
