@@ -161,6 +161,8 @@ def replay() -> ReplayResult:
         _replay_memory(result)
         if not result.error:
             _replay_directory(result)
+        else:
+            result.waiting += len(_names(directory()))
     finally:
         _replaying.release()
     if result.written or result.rejected:
@@ -192,17 +194,25 @@ def _replay_memory(result: ReplayResult) -> None:
 
 
 def _replay_directory(result: ReplayResult) -> None:
-    global _empty_mtime
     folder = directory()
     try:
         before = os.stat(folder).st_mtime_ns
-    except FileNotFoundError:
-        return
+    except OSError:
+        return  # no directory: nothing was ever written there (keep says why, if it tried)
+    try:
+        _replay_files(folder, before, result)
+    except OSError as exc:
+        result.error = f"{exc.__class__.__name__}: {exc.strerror}"
+        logger.warning("audit spool directory not readable", extra={"directory": str(folder), "error": result.error})
+
+
+def _replay_files(folder: Path, before: int, result: ReplayResult) -> None:
+    global _empty_mtime
     with _directory_lock(folder) as locked:
         if not locked:
             result.error = "another process is replaying the directory"
             return
-        names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+        names = _names(folder)
         if not names and time.time_ns() - before > SETTLED_NS:
             _empty_mtime = before
         for index, name in enumerate(names):
@@ -220,6 +230,14 @@ def _replay_directory(result: ReplayResult) -> None:
             path.unlink(missing_ok=True)
     with _lock:
         _usage[1] = 0.0  # counted again at the next keep
+
+
+def _names(folder: Path) -> list[str]:
+    """The kept rows' files, oldest first (a name starts with the time it was written)."""
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+    except OSError:
+        return []
 
 
 class _directory_lock:  # noqa: N801 - used like a function
@@ -268,7 +286,8 @@ def _upsert(data: bytes, result: ReplayResult) -> str:
         metrics.audit_replayed("rejected")
         return "rejected"
     except DatabaseError as exc:
-        result.error = f"{exc.__class__.__name__}: {exc}"
+        # The first line only: PostgreSQL's next ones quote the statement, and with it the row.
+        result.error = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         return "unavailable"
     result.written += 1
     metrics.audit_replayed("written")
