@@ -146,6 +146,9 @@ else:
     # Django's psycopg pool: at most DATABASE_POOL_SIZE connections per process, whatever the number of requests in
     # flight; a connection goes back to the pool at the end of each database step (and of each sync request).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Django's backend, failing fast for a moment after the database could not be reached (see the module).
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "gateway_project.postgresql"
     # Waits bounded to about a second while the database is unreachable, so that a request is answered (and its
     # outcome spooled, llm.audit_spool) instead of hanging: a connection from the pool within POOL_TIMEOUT, a new
     # one within libpq's connect_timeout (2 s, libpq's minimum; the pool opens them in the background).

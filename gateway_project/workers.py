@@ -79,7 +79,7 @@ def mark_worker_lost(database: dict, worker: str) -> int:
     sql = ("UPDATE llm_generation SET status = {p}, error_type = {p}, error_message = {p}, finished_at = {p} "
            "WHERE status = {p} AND worker = {p}")
     engine = database["ENGINE"]
-    if engine == "django.db.backends.sqlite3":
+    if engine.endswith(".sqlite3"):
         import sqlite3
 
         # As Django writes a datetime to SQLite: UTC, without the offset.
@@ -87,7 +87,7 @@ def mark_worker_lost(database: dict, worker: str) -> int:
                   worker)
         with closing(sqlite3.connect(database["NAME"], timeout=5)) as db, db:
             return db.execute(sql.format(p="?"), values).rowcount
-    if engine == "django.db.backends.postgresql":
+    if engine.endswith(".postgresql"):
         import psycopg
 
         values = ("failed", "worker_lost", WORKER_LOST_MESSAGE, now, "pending", worker)
