@@ -307,9 +307,13 @@ async def _events(request, streaming: services.Streaming, include_usage: bool):
             end += _sse({**base, "choices": [], "usage": _usage(event.row)})
         return end + b"data: [DONE]\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    async for piece in streaming.body(render):
-        yield piece
+    body = streaming.body(render)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in body:
+            yield piece
+    finally:
+        await body.aclose()  # closed with this one, so that its row is completed now, not when it is collected
 
 
 def _sse(obj) -> bytes:
