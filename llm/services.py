@@ -458,7 +458,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             row.save(force_insert=True)
         except DatabaseError as exc:
             logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
-                                                                              "error": str(exc)})
+                                                                              "error": _described(exc)})
             refused = AuditUnavailable("The gateway's database cannot be written, so nothing was generated. "
                                        "Try again later.")
             # The refusal is this attempt's row: kept in the audit spool if the database still refuses it.
@@ -684,7 +684,7 @@ def _write_outcome(row: Generation) -> None:
         metrics.audit_write_failed("insert" if inserting else "update")
         kept = audit_spool.keep(row)
         logger.warning("audit row not written: kept for replay" if kept else "audit row not written",
-                       extra={"request_id": str(row.id), "error": f"{exc.__class__.__name__}: {exc}"})
+                       extra={"request_id": str(row.id), "error": _described(exc)})
         if not kept and inserting:
             raise AuditUnavailable("The gateway's database cannot be written, so nothing was generated. "
                                    "Try again later.") from None
@@ -692,6 +692,12 @@ def _write_outcome(row: Generation) -> None:
     finally:
         # Counted even when the row could not be saved: the metrics are what is left to alert on then.
         metrics.observe_generation(row, dialect=row.dialect)
+
+
+def _described(exc: DatabaseError) -> str:
+    """A database error for the log: its class and first line (PostgreSQL's next ones quote the statement's values,
+    the prompt among them)."""
+    return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
 
 
 def _elapsed_ms(started: float) -> float:
