@@ -24,11 +24,14 @@ class DrainingServer(Server):
     async def shutdown(self, sockets=None):
         from django.conf import settings
 
-        from llm import admission
+        from gateway_project.db_steps import db_step
+        from llm import admission, audit_spool
 
         for server in self.servers:
             server.close()  # stop accepting first: the load balancer sends new requests elsewhere
         await admission.drain(settings.GRACEFUL_TIMEOUT)
+        # Outcomes kept in memory (no spool file could be written) would end with the process.
+        await db_step(audit_spool.before_exit)
         await super().shutdown(sockets=sockets)
 
 

@@ -306,6 +306,22 @@ def _write_rejected(name: str, data: bytes) -> None:
                      extra={"file": name, "error": f"{exc.__class__.__name__}: {exc.strerror}"})
 
 
+def before_exit() -> None:
+    """A process about to end: what it keeps in memory goes to the database or the directory, else it is lost
+    (logged and counted). Runs in a database step."""
+    if not _memory:
+        return
+    replay()
+    with _lock:
+        lost = len(_memory)
+        _memory.clear()
+    if lost:
+        for _ in range(lost):
+            metrics.audit_spool_lost()
+        logger.error("audit outcomes lost at exit: neither the database nor the spool directory took them",
+                     extra={"lost": lost, "directory": str(directory())})
+
+
 def forget() -> None:
     """Drop what this process keeps in memory and knows of the directory (tests: each has a spool of its own)."""
     global _memory_bytes, _empty_mtime, _over_bound_logged

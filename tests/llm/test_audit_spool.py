@@ -237,3 +237,22 @@ def test_the_server_replays_periodically(gateway, settings, audit_spool_dir):
 
     assert wait_for(lambda: Generation.objects.filter(pk=row.pk).exists(), timeout=5)
     assert wait_for(lambda: not list(audit_spool_dir.glob("*.json")), timeout=5)
+
+
+def test_before_exit_memory_goes_to_the_directory_or_is_counted_lost(settings, audit_spool_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    settings.AUDIT_SPOOL_DIR = str(tmp_path / "a-file" / "spool")
+    first, second = Generation(status="failed", error_type="x"), Generation(status="failed", error_type="y")
+    audit_spool.keep(first)
+    settings.AUDIT_SPOOL_DIR = str(audit_spool_dir)
+    with table_missing("llm_generation"):
+        audit_spool.before_exit()  # the database is down: into the directory, which takes it now
+    assert [kept["pk"] for kept in spooled(audit_spool_dir)] == [str(first.pk)]
+
+    settings.AUDIT_SPOOL_DIR = str(tmp_path / "a-file" / "spool")
+    audit_spool.keep(second)
+    delta = Delta()
+    with table_missing("llm_generation"):
+        audit_spool.before_exit()
+    assert delta("llm_gateway_audit_spool_lost_total") == 1
+    assert not audit_spool.waiting()
