@@ -158,8 +158,11 @@ else:
 # Threads for the database steps of async views: one per pooled connection on PostgreSQL. SQLite admits one writer
 # at a time, so more threads only queue for its lock and compete for the GIL with the event loop (measured, 500
 # connections: 8 threads 171 req/s and /healthz p99 128 ms; 2 threads 217 req/s and 89 ms).
+# On PostgreSQL one connection of the pool is left to the sync views (the admin's thread), so that a step never
+# waits for another one's connection: a step that cannot get one within the pool's second means the database is in
+# trouble (gateway_project.postgresql), not that the gateway is busy.
 DB_STEP_THREADS = (min(2, env["DATABASE_POOL_SIZE"]) if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-                   else env["DATABASE_POOL_SIZE"])
+                   else max(1, env["DATABASE_POOL_SIZE"] - 1))
 # An audit row must survive the error that the view returns: never wrap requests in one transaction.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
