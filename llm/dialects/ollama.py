@@ -60,7 +60,7 @@ async def _generation(request, endpoint: str, parse):
     if isinstance(result, services.Streaming):
         row = result.row
         annotate_request_log(request, provider=row.provider, model=row.model, stream=True)
-        return StreamingHttpResponse(_lines(request, result, as_chat), content_type=NDJSON,
+        return StreamingHttpResponse(result.body(_lines(request, result, as_chat)), content_type=NDJSON,
                                      headers={"Server-Timing": http.server_timing(result.timing),
                                               "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
     row, timing = result
@@ -249,18 +249,20 @@ def _format(value) -> tuple[str, dict | None]:
 # -- response ---------------------------------------------------------------------------------------------------------
 
 
-async def _lines(request, streaming: services.Streaming, as_chat: bool):
+def _lines(request, streaming: services.Streaming, as_chat: bool):
+    """The stream's NDJSON lines as Ollama writes them: a piece per delta, then the final one (or the error)."""
     row = streaming.row
-    async for event in streaming.events():
+
+    def render(event) -> bytes:
         if isinstance(event, services.Delta):
-            yield _line({**_piece(row, event.text, as_chat), "done": False})
-            continue
+            return _line({**_piece(row, event.text, as_chat), "done": False})
         if event.error is not None:
             annotate_error(request, event.error)
             # The `ollama` clients raise ResponseError from a line holding `error`: the stream's last line.
-            yield _line({"error": event.error.message})
-            return
-        yield _line({**_piece(event.row, "", as_chat), **_final(event.row, streaming.timing)})
+            return _line({"error": event.error.message})
+        return _line({**_piece(event.row, "", as_chat), **_final(event.row, streaming.timing)})
+
+    return render
 
 
 def _piece(row: Generation, text: str, as_chat: bool) -> dict:

@@ -296,20 +296,25 @@ async def _events(request, streaming: services.Streaming, include_usage: bool):
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                           "finish_reason": finish_reason}]})
 
-    yield chunk({"role": "assistant", "content": ""})
-    async for event in streaming.events():
+    def render(event) -> bytes:
         if isinstance(event, services.Delta):
-            yield chunk({"content": event.text})
-            continue
+            return chunk({"content": event.text})
         if event.error is not None:
             annotate_error(request, event.error)
             # The SDK raises APIError from an event whose data holds `error`: the stream's one error event.
-            yield _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
-            return
-        yield chunk({}, _finish_reason(event.row))
+            return _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
+        end = chunk({}, _finish_reason(event.row))
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(event.row)})
-        yield b"data: [DONE]\n\n"
+            end += _sse({**base, "choices": [], "usage": _usage(event.row)})
+        return end + b"data: [DONE]\n\n"
+
+    body = streaming.body(render)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in body:
+            yield piece
+    finally:
+        await body.aclose()  # closed with this one, so that its row is completed now, not when it is collected
 
 
 def _sse(obj) -> bytes:
