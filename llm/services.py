@@ -32,7 +32,7 @@ from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, Inva
                         NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout, ShuttingDown,
                         UnsupportedMediaType, UpstreamTimeout)
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
-from llm.output_schema import read_output
+from llm.output_schema import checked_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
 from llm.request_rules import TEXT, NeutralRequest
@@ -217,14 +217,14 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
 async def _ask(route: Route, provider, request: GenerationRequest):
     reply = await route.ask(provider, request)
     try:
-        return reply, _read_output(route, reply, request)
+        return reply, await _read_output(route, reply, request)
     except InvalidOutput:
         # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
         # complies when asked again; once is enough. The model that answered is the one asked again.
         logger.info("json-mode reply unusable; asking once more", extra={"model": reply.model})
         reply = await route.ask(provider, request)
         try:
-            return reply, _read_output(route, reply, request)
+            return reply, await _read_output(route, reply, request)
         except InvalidOutput as exc:
             exc.raw_output = reply.content
             raise
@@ -261,7 +261,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
                 piece = render(Delta(text))
                 sent.append(text)
                 yield piece
-            output = _read_output(route, stream.reply, request)
+            output = await _read_output(route, stream.reply, request)
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError as exc:
@@ -611,10 +611,10 @@ def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[di
         ) from None
 
 
-def _read_output(route: Route, reply, request: GenerationRequest):
+async def _read_output(route: Route, reply, request: GenerationRequest):
     """The reply as the client gets it; InvalidOutput (recorded against the call) if it is not usable."""
     try:
-        return read_output(reply.content, request.mode, request.output_schema)
+        return await checked_output(reply.content, request.mode, request.output_schema)
     except InvalidOutput as exc:
         route.reject(exc)
         raise

@@ -28,10 +28,10 @@ HUGE = "x" * 150_000
 def broken_output_check(monkeypatch):
     """The output check raises what it was never meant to: not InvalidOutput, and with a huge message."""
 
-    def read_output(content, mode, schema):
+    async def checked_output(content, mode, schema):
         raise RuntimeError(f"validator crashed on {content!r} {HUGE}")
 
-    monkeypatch.setattr(services, "read_output", read_output)
+    monkeypatch.setattr(services, "checked_output", checked_output)
 
 
 def completed_row() -> Generation:
