@@ -64,10 +64,29 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    """A worker that died no longer has requests in flight: drop its live gauges (its counters still count)."""
+    """A worker that died no longer has requests in flight: drop its live gauges (its counters still count), and
+    mark the generations it left pending failed at once (`worker_lost`) rather than when prune_audit runs.
+
+    A worker that stopped cleanly completed its rows itself, so this finds none. An outcome the worker had kept in
+    the audit spool (the database was down) is replayed later over this mark, by another process.
+    """
     from prometheus_client import multiprocess
 
+    from gateway_project.workers import mark_worker_lost
+
     multiprocess.mark_process_dead(worker.pid, _metrics_dir)
+    name = getattr(worker, "audit_name", None)
+    if name is None:
+        return  # another worker class: its rows carry no name the master knows
+    try:
+        marked = mark_worker_lost(_gateway["DATABASE_URL"], name)
+    except Exception as exc:  # noqa: BLE001 - the master must go on supervising; prune_audit is the backstop
+        server.log.warning("worker %s: its pending generations could not be marked worker_lost (prune_audit "
+                           "marks them abandoned later): %s: %s", worker.pid, exc.__class__.__name__, str(exc)[:300])
+        return
+    if marked:
+        server.log.warning("worker %s stopped with %d generations in flight: marked failed (worker_lost)",
+                           worker.pid, marked)
 
 
 def on_exit(server):

@@ -1,5 +1,6 @@
 """The debug API (staff only), the metrics and the health endpoints. Thin: the work is in the services."""
 
+import asyncio
 import hashlib
 import hmac
 
@@ -150,11 +151,24 @@ async def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+# /readyz answers within this, whatever the database does: a load balancer's probe gives up after a few seconds,
+# and a probe that times out says less than a 503.
+READY_TIMEOUT = 1.5
+
+
 @require_GET
 async def readyz(request):
-    """The database answers and the process is not stopping; 503 otherwise, so a load balancer moves on."""
+    """The database answers and the process is not stopping; 503 otherwise, so a load balancer moves on.
+
+    Never Ollama's health: a gateway whose Ollama is down still answers (with errors, and audits them).
+    """
     if admission.draining():
         return JsonResponse({"status": "unavailable", "checks": {"shutdown": "draining"}}, status=503)
-    if await db_step(database_ready):
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            ready = await db_step(database_ready)
+    except TimeoutError:
+        ready = False  # the step goes on in its thread, bounded by the database's own timeouts
+    if ready:
         return JsonResponse({"status": "ok", "checks": {"database": "ok"}})
     return JsonResponse({"status": "unavailable", "checks": {"database": "unavailable"}}, status=503)

@@ -141,7 +141,12 @@ def is_api_path(path: str) -> bool:
     return path.startswith(settings.API_PATH_PREFIXES) or path in settings.API_PATHS
 
 
+from llm import audit_spool  # noqa: E402
+
+
 async def application(scope, receive, send):
+    # The audit spool's replay, on whatever server runs this: at the first request, then periodically.
+    audit_spool.start_replaying()
     if scope["type"] == "http" and is_api_path(scope["path"]):
         return await api_application(scope, receive, send)
     return await site_application(scope, receive, send)

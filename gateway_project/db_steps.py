@@ -2,8 +2,8 @@
 
 The event loop never waits on the database, and no database connection is held while a request waits for Ollama:
 a step takes a connection (from Django's psycopg pool on PostgreSQL), does its queries and hands it back. With
-DATABASE_POOL_SIZE threads the number of connections per process stays at that bound, however many requests are
-in flight. SQLite keeps one open connection per thread (reopening a WAL database costs ~2.5 ms), with at most two
+DATABASE_POOL_SIZE - 1 threads (one connection is left to the sync views) the number of connections per process
+stays at DATABASE_POOL_SIZE, however many requests are in flight. SQLite keeps one open connection per thread (reopening a WAL database costs ~2.5 ms), with at most two
 threads (settings.DB_STEP_THREADS).
 """
 

@@ -146,6 +146,16 @@ def _token(raw: str) -> str:
     return value
 
 
+def _directory(raw: str) -> str:
+    value = raw.strip()
+    if not os.path.isabs(value):
+        # Relative to what? gunicorn, manage.py and a systemd unit each start in a directory of their own.
+        raise ValueError(f"expected an absolute path, e.g. /var/lib/llm-gateway/audit-spool, not {value!r}")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError("the path exists and is not a directory")
+    return os.path.normpath(value)
+
+
 def _host_list(raw: str) -> list[str]:
     hosts = [host.strip() for host in raw.split(",") if host.strip()]
     if not hosts:
@@ -287,6 +297,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("AUDIT_RETENTION_DAYS", "90", _integer(0, 100 * 365),
                 help="days prune_audit keeps generations and connection checks (their usage rollup stays); "
                      "0: keep everything"),
+    SettingSpec("AUDIT_SPOOL_DIR", str(BASE_DIR / "audit-spool"), _directory,
+                help="directory where outcomes the database could not take wait to be replayed (one per host; "
+                     "they hold prompts and outputs, so keep it private)"),
+    SettingSpec("AUDIT_SPOOL_MAX_MB", "512", _integer(1, 1_000_000),
+                help="most the audit spool directory may hold, in MiB; past it outcomes are kept in memory, "
+                     "then dropped (counted in /metrics and logged)"),
     SettingSpec("METRICS_TOKEN", "", _token, secret=True,
                 help="bearer token the Prometheus scraper sends to GET /metrics; empty: only staff users may read it"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),

@@ -70,6 +70,13 @@ RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 RATE_LIMIT_WINDOW_SECONDS = 60
 REDACT_KEYS = env["REDACT_KEYS"]
 AUDIT_RETENTION_DAYS = env["AUDIT_RETENTION_DAYS"]
+# Outcomes the database could not take, kept until it can (llm.audit_spool): files under this directory up to
+# AUDIT_SPOOL_MAX_MB, and in memory (per process, up to AUDIT_SPOOL_MEMORY_BYTES) while no file can be written.
+AUDIT_SPOOL_DIR = env["AUDIT_SPOOL_DIR"]
+AUDIT_SPOOL_MAX_BYTES = env["AUDIT_SPOOL_MAX_MB"] * 1024 * 1024
+AUDIT_SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
+# How often each process looks for kept outcomes to replay (one stat of the directory when there are none).
+AUDIT_SPOOL_REPLAY_SECONDS = 5.0
 # GET /metrics: the scraper's bearer token; empty: staff users only.
 METRICS_TOKEN = env["METRICS_TOKEN"]
 
@@ -174,13 +181,23 @@ else:
     # Django's psycopg pool: at most DATABASE_POOL_SIZE connections per process, whatever the number of requests in
     # flight; a connection goes back to the pool at the end of each database step (and of each sync request).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "pool", {"min_size": 1, "max_size": env["DATABASE_POOL_SIZE"], "timeout": 10})
+    # Django's backend, failing fast for a moment after the database could not be reached (see the module).
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "gateway_project.postgresql"
+    # Waits bounded to about a second while the database is unreachable, so that a request is answered (and its
+    # outcome spooled, llm.audit_spool) instead of hanging: a connection from the pool within POOL_TIMEOUT, a new
+    # one within libpq's connect_timeout (2 s, libpq's minimum; the pool opens them in the background).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 2)
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "pool", {"min_size": 1, "max_size": env["DATABASE_POOL_SIZE"], "timeout": 1})
 # Threads for the database steps of async views: one per pooled connection on PostgreSQL. SQLite admits one writer
 # at a time, so more threads only queue for its lock and compete for the GIL with the event loop (measured, 500
 # connections: 8 threads 171 req/s and /healthz p99 128 ms; 2 threads 217 req/s and 89 ms).
+# On PostgreSQL one connection of the pool is left to the sync views (the admin's thread), so that a step never
+# waits for another one's connection: a step that cannot get one within the pool's second means the database is in
+# trouble (gateway_project.postgresql), not that the gateway is busy.
 DB_STEP_THREADS = (min(2, env["DATABASE_POOL_SIZE"]) if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-                   else env["DATABASE_POOL_SIZE"])
+                   else max(1, env["DATABASE_POOL_SIZE"] - 1))
 # An audit row must survive the error that the view returns: never wrap requests in one transaction.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
@@ -243,7 +260,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            # python-json-logger's, with every record bounded: a traceback may quote a whole reply.
+            "()": "gateway_project.log_format.BoundedJsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
         },

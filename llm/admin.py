@@ -465,7 +465,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     paginator = CappedPaginator
     list_per_page = 50
     fieldsets = (
-        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at")}),
+        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at", "worker")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
                                 "template_version_link", "mode", "provider", "model", "stream", "end_user",
                                 "client_ip", "user_agent", "request_bytes", "request_json")}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import secrets
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ from llm.models import ApiKey, Consumer
 logger = logging.getLogger("llm.api_keys")
 
 KEY_PREFIX = "gw_"
+_SHAPE = re.compile(rf"{KEY_PREFIX}([0-9a-f]{{{ApiKey.PREFIX_LENGTH}}})_")
 # last_used_at is written at most this often per key, so that checking a key rarely costs a write.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -95,6 +97,12 @@ def _basic_password(credentials: str) -> str:
     if not key:
         raise KeyRefused("The Basic credentials hold no API key: put it as the password.")
     return key
+
+
+def presented_prefix(raw: str | None) -> str:
+    """The prefix of a presented key of the gateway's shape (gw_<prefix>_...), checked only for its shape; or ""."""
+    match = _SHAPE.match(raw or "")
+    return match[1] if match else ""
 
 
 def verify(raw: str) -> ApiKey:

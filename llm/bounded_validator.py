@@ -69,13 +69,13 @@ _patterns: dict[str, tuple] = {}
 MAX_PATTERNS_KEPT = 256
 
 
-def reply_error(schema: dict, instance, resolver) -> ValidationError | None:
+def reply_error(schema: dict, instance, resolver, *, budget: int = VALIDATION_BUDGET) -> ValidationError | None:
     """The most relevant way the instance misses the schema, or None; raises TooCostly past the budget.
 
     The schema must have passed output_schema's check, and `resolver` be its output_schema.schema_resolver(): it
     knows the schema's own resources and nothing else.
     """
-    token = _METER.set(_Meter(VALIDATION_BUDGET))
+    token = _METER.set(_Meter(budget))
     try:
         # Given its resolver, jsonschema neither builds one (which would mark the schema as not yet crawled, and
         # crawl it again on every lookup that misses) nor adds its default registry (which fetches URLs).
@@ -93,10 +93,10 @@ def reply_error(schema: dict, instance, resolver) -> ValidationError | None:
 class _Meter:
     """What one validation may still spend, and how deep its keyword checks are nested right now."""
 
-    __slots__ = ("left", "nesting", "enums", "consts")
+    __slots__ = ("budget", "left", "nesting", "enums", "consts")
 
     def __init__(self, budget: int):
-        self.left = budget
+        self.budget = self.left = budget
         self.nesting = 0
         # The canonical forms of the schema's enum and const values (by id: the schema outlives the validation),
         # built once per validation.
@@ -105,7 +105,7 @@ class _Meter:
     def spend(self, units: float):
         self.left -= units
         if self.left < 0:
-            raise TooCostly(f"it would take more than the {VALIDATION_BUDGET:,} steps a reply may take")
+            raise TooCostly(f"it would take more than the {self.budget:,} steps this reply may take")
 
 
 _METER: contextvars.ContextVar[_Meter] = contextvars.ContextVar("schema_validation_meter")

@@ -78,13 +78,25 @@ AUDIT_WRITE_FAILURES = Counter(
     "llm_gateway_audit_write_failures_total",
     "Audit rows that could not be written: insert (nothing generated) or update (the outcome not recorded).",
     ["stage"], registry=REGISTRY)
+AUDIT_SPOOLED = Counter(
+    "llm_gateway_audit_spooled_total",
+    "Audit outcomes the database could not take, kept to be replayed: in a spool file or in memory.",
+    ["store"], registry=REGISTRY)
+AUDIT_SPOOL_LOST = Counter(
+    "llm_gateway_audit_spool_lost_total",
+    "Audit outcomes the database could not take and that could not be kept either (spool directory and memory "
+    "full or unwritable): lost.", registry=REGISTRY)
+AUDIT_REPLAYED = Counter(
+    "llm_gateway_audit_replayed_total",
+    "Kept audit outcomes replayed: written to the database, or rejected by it (set aside in the spool's "
+    "rejected/ directory).", ["result"], registry=REGISTRY)
 # livesum: a dead worker's requests are no longer in flight (gunicorn.conf.py's child_exit forgets them).
 IN_FLIGHT = Gauge(
     "llm_gateway_requests_in_flight", "Generation requests being answered now.",
     ["dialect"], multiprocess_mode="livesum", registry=REGISTRY)
 
 FAMILIES = (REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, FIRST_TOKEN, TOKENS, RETRIES, FALLBACKS,
-            RATE_LIMITED, AUDIT_WRITE_FAILURES, IN_FLIGHT)
+            RATE_LIMITED, AUDIT_WRITE_FAILURES, AUDIT_SPOOLED, AUDIT_SPOOL_LOST, AUDIT_REPLAYED, IN_FLIGHT)
 
 
 def _never_raises(function):
@@ -138,6 +150,21 @@ def observe_generation(row, *, dialect: str = NATIVE) -> None:
 def audit_write_failed(stage: str) -> None:
     """Count an audit row that could not be written: stage "insert" or "update"."""
     AUDIT_WRITE_FAILURES.labels(stage).inc()
+
+
+@_never_raises
+def audit_spooled(store: str) -> None:
+    AUDIT_SPOOLED.labels(store).inc()
+
+
+@_never_raises
+def audit_spool_lost() -> None:
+    AUDIT_SPOOL_LOST.inc()
+
+
+@_never_raises
+def audit_replayed(result: str) -> None:
+    AUDIT_REPLAYED.labels(result).inc()
 
 
 class in_flight:  # noqa: N801 - used like a function: `with in_flight():` or `@in_flight()`

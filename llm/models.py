@@ -287,7 +287,8 @@ class Generation(models.Model):
     """One generation attempt: what was asked, what was sent upstream, what came back, and how long it took.
 
     Written as `pending` before the provider is called and completed afterwards, so a process killed
-    mid-request leaves a `pending` row rather than nothing; `prune_audit` later marks such a row `abandoned`.
+    mid-request leaves a `pending` row rather than nothing: gunicorn's master marks it failed (`worker_lost`) as
+    soon as the worker is gone, and `prune_audit` marks what is still pending much later `abandoned`.
     """
 
     class Dialect(models.TextChoices):
@@ -364,6 +365,10 @@ class Generation(models.Model):
                                  related_name="generations", db_index=False)
     api_key_prefix = models.CharField(max_length=ApiKey.PREFIX_LENGTH, blank=True, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Calls made to the provider, retries included.")
+    worker = models.CharField(
+        max_length=100, blank=True,
+        help_text="The gateway process that ran it (host:pid:token): gunicorn's master marks its pending rows "
+                  "worker_lost when that process dies.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -390,8 +395,9 @@ class Generation(models.Model):
     CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "end_user")
 
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
-                attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None):
-        """Record a successful reply."""
+                attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None,
+                save: bool = True):
+        """Record a successful reply (save=False: only set the fields; the caller writes them)."""
         self.status = self.Status.SUCCEEDED
         self.thinking = thinking
         self.tool_calls = tool_calls
@@ -403,12 +409,12 @@ class Generation(models.Model):
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.upstream_ms = upstream_ms
-        self._finish(latency_ms)
+        self._finish(latency_ms, save)
 
     def fail(self, *, error_type: str, message: str, http_status: int, latency_ms: float,
              upstream_ms: float | None = None, raw_output: str = "", attempts: int = 0,
              prompt_tokens: int | None = None, completion_tokens: int | None = None, thinking: str = "",
-             tool_calls: list | None = None):
+             tool_calls: list | None = None, save: bool = True):
         """Record a failed attempt with the error the client was answered with (streams: what was sent)."""
         self.status = self.Status.FAILED
         self.thinking = thinking
@@ -421,7 +427,7 @@ class Generation(models.Model):
         self.error_message = message
         self.upstream_ms = upstream_ms
         self.raw_output = raw_output
-        self._finish(latency_ms)
+        self._finish(latency_ms, save)
 
     # What completing a pending row changes. Saving only these keeps the request and prompt JSON, written
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
@@ -429,9 +435,14 @@ class Generation(models.Model):
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
                       "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls")
 
-    def _finish(self, latency_ms: float):
+    def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms
         self.finished_at = timezone.now()
+        if save:
+            self.save_outcome()
+
+    def save_outcome(self):
+        """Write the outcome: the whole row if it was never written, else the outcome's fields of the pending one."""
         if self._state.adding:
             self.save(force_insert=True)
         else:

@@ -4,14 +4,18 @@ used, and the models' JSON replies validated against them.
 A schema never makes the gateway open anything and never stalls it. Only refs to places inside the schema resolve
 (an external one is refused, and so is a ref cycle); its size, depth, refs and the sizes it can demand are
 bounded; its patterns must compile on RE2, which cannot backtrack; and a reply is validated within a fixed budget
-(llm.bounded_validator). Checking a schema takes a few milliseconds at most, and its verdict is remembered.
+(llm.bounded_validator), fixed before it starts and spent off the event loop when it is more than a few
+milliseconds. Checking a schema takes a few milliseconds at most, and its verdict is remembered.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -22,7 +26,7 @@ from referencing.jsonschema import DRAFT202012, DynamicAnchor
 from rpds import HashTrieMap
 
 from llm import bounded_validator
-from llm.bounded_validator import TooCostly, pattern_program
+from llm.bounded_validator import VALIDATION_BUDGET, TooCostly, pattern_program
 from llm.errors import InvalidOutput
 
 MAX_SCHEMA_BYTES = 64 * 1024  # as compact JSON, in UTF-8
@@ -75,10 +79,49 @@ def schema_resolver(schema: dict):
     return _registry(schema, verdict).resolver(base_uri=verdict.root_uri)
 
 
-def read_output(content: str, mode: str, schema: dict | None):
+# A reply is first checked on the event loop, within bounded_validator's VALIDATION_BUDGET (about 5 ms of CPU). One
+# that needs more (a long reply, a costly schema) is checked again in the reply checker's thread with a budget that
+# grows with its size, fixed before the check starts: REPLY_UNITS_PER_BYTE a byte, up to MAX_REPLY_BUDGET (about
+# 2 s, a reply of megabytes). Meanwhile the event loop gets the interpreter back at every switch interval (5 ms),
+# and one such check runs at a time per process: a flood of costly replies queues here, it does not multiply.
+# Replies longer than INLINE_REPLY_BYTES go to the thread at once: parsing them alone costs milliseconds.
+INLINE_REPLY_BYTES = 16 * 1024
+REPLY_UNITS_PER_BYTE = 20
+MAX_REPLY_BUDGET = 2_000_000
+
+_checker: ThreadPoolExecutor | None = None
+
+
+class CostlierThanInline(Exception):
+    """The reply needs more than the inline budget, and may have more in the checker's thread."""
+
+
+def reply_budget(content: str) -> int:
+    """The most a reply's check may spend off the event loop: more for a longer reply, within MAX_REPLY_BUDGET."""
+    return min(MAX_REPLY_BUDGET, max(VALIDATION_BUDGET, REPLY_UNITS_PER_BYTE * len(content)))
+
+
+async def checked_output(content: str, mode: str, schema: dict | None):
+    """read_output() without holding the event loop: inline when cheap, else in the reply checker's thread."""
+    if mode == "text":
+        return content
+    if len(content) <= INLINE_REPLY_BYTES:
+        try:
+            return read_output(content, mode, schema)
+        except CostlierThanInline:
+            pass
+    global _checker
+    if _checker is None:
+        _checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply-check")
+    check = functools.partial(read_output, content, mode, schema, budget=reply_budget(content))
+    return await asyncio.get_running_loop().run_in_executor(_checker, check)
+
+
+def read_output(content: str, mode: str, schema: dict | None, *, budget: int | None = None):
     """The reply as the client receives it: text as is, JSON mode an object valid against the schema.
 
-    Raises InvalidOutput saying what is wrong with the reply.
+    Raises InvalidOutput saying what is wrong with the reply. Without a `budget`, the check is the event loop's
+    (VALIDATION_BUDGET), and a reply that needs more raises CostlierThanInline; see checked_output().
     """
     if mode == "text":
         return content
@@ -96,8 +139,10 @@ def read_output(content: str, mode: str, schema: dict | None):
                                 "The raw reply is in the audit log.")
         try:
             resolver = _registry(schema, verdict).resolver(base_uri=verdict.root_uri)
-            error = bounded_validator.reply_error(schema, output, resolver)
+            error = bounded_validator.reply_error(schema, output, resolver, budget=budget or VALIDATION_BUDGET)
         except TooCostly as exc:
+            if budget is None and reply_budget(content) > VALIDATION_BUDGET:
+                raise CostlierThanInline() from None
             raise InvalidOutput(f"The model's reply could not be checked against the output schema: {exc}. "
                                 "The raw reply is in the audit log.") from None
         if error is not None:

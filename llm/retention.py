@@ -1,5 +1,8 @@
 """Retention of the audit log: pending rows whose process died become `abandoned`; old rows are deleted in batches.
 
+The backstop for rows left pending: the audit spool is replayed first, and gunicorn's master marks a dead worker's
+rows `worker_lost` at once (gunicorn.conf.py), so what is left is what a master that died too left behind.
+
 Nothing is deleted before the usage rollup has counted it, and prompt template versions are never deleted.
 """
 
@@ -14,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from diagnostics.models import ConnectionCheck
-from llm import usage
+from llm import audit_spool, usage
 from llm.models import Generation, ToolSet, UsageRollupState
 
 # Beyond GENERATION_DEADLINE, after which the request path answers 504: the final audit UPDATE after that
@@ -57,6 +60,7 @@ def fold_finished(*, now: datetime) -> int:
 @dataclass
 class PruneResult:
     cutoff: datetime | None
+    replayed: int = 0
     abandoned: int = 0
     folded_hours: int = 0
     generations: int = 0
@@ -82,6 +86,8 @@ def prune(*, older_than: timedelta | None, now: datetime | None = None, dry_run:
         result.seconds = time.monotonic() - started
         return result
 
+    # Outcomes kept while the database was down are the truth about rows that still look pending: written first.
+    result.replayed = audit_spool.replay().written
     result.abandoned = abandon_stale(now=now, batch_size=batch_size)
     result.folded_hours = fold_finished(now=now)
     if cutoff is not None:

@@ -1,8 +1,9 @@
 """The generation use case: validate, write the audit row, call the provider, record the outcome.
 
 Async, with the database work in two steps run off the event loop (gateway_project.db_steps): `_begin` (key,
-rate limit, validation, template, the pending row) before the provider is called and `_finish` (the outcome)
-after. No database connection is held while the provider is waited for.
+rate limit, validation, template, the pending row) before the provider is called and `_record` (the outcome)
+after. No database connection is held while the provider is waited for. An outcome the database cannot take is
+kept in the audit spool and replayed later (llm.audit_spool).
 
 Every front door (the native API in llm.views, the OpenAI and Ollama dialects in llm.dialects) calls generate()
 with its FrontDoor: its dialect and endpoint for the audit row, its body limit, and its parser from its wire
@@ -25,15 +26,16 @@ from uuid import UUID
 from django.conf import settings
 from django.db import DatabaseError
 
+from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, large_bodies, metrics, model_access, rate_limits
+from llm import admission, api_keys, audit_spool, large_bodies, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
                         NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
                         ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.images import RemoteImage, UnreadableImage
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion, ToolSet, audit_calls, audit_prompt
-from llm.output_schema import read_output
+from llm.output_schema import checked_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
 from llm.providers.base import Image, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall, ToolCallsDelta
@@ -128,25 +130,35 @@ class Outcome:
 
 @dataclass
 class Streaming:
-    """A streamed generation whose first delta has arrived. Iterate `events()` to the end, always."""
+    """A streamed generation whose first delta has arrived. Send `body(render)` to the end, always."""
 
     row: Generation
     timing: Timing
-    _events: AsyncIterator = field(repr=False)
+    _events: AsyncIterator | None = field(default=None, repr=False)
+    render: Callable[[Delta | Outcome], bytes] | None = field(default=None, repr=False)
 
-    def events(self) -> AsyncIterator[Delta | Outcome]:
+    def body(self, render: Callable[[Delta | Outcome], bytes]) -> AsyncIterator[bytes]:
+        """The response body: each Delta, then the Outcome, as `render` writes it in the front door's format.
+
+        Whatever ends the stream, its last piece is the Outcome, an error one if need be: a `render` that raises
+        ends the stream with the error rendered instead, and the row records it with the text sent until then.
+        """
+        self.render = render
         return self._events
 
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-                   caller: Caller, door: FrontDoor, body_timed_out: bool = False) -> Answer | Streaming:
+                   caller: Caller, door: FrontDoor,
+                   body_timed_out: bool = False) -> Answer | Streaming:
     """Answer one generation request: an Answer, or a Streaming; else raise the GatewayError answered.
 
     `body_size` over the door's limit, or `body_timed_out` (the client did not send it within REQUEST_BODY_TIMEOUT),
     means the body was not read: once the key is checked, the attempt is refused with 413 or 408, and recorded.
 
-    Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
-    If that row cannot be written, nothing is generated and AuditUnavailable is raised.
+    Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included;
+    an error of the gateway's own is answered as `internal_error` and recorded so. If the pending row cannot be
+    written, nothing is generated and AuditUnavailable is raised. An outcome the database cannot take is kept in
+    the audit spool and replayed (llm.audit_spool).
     """
     timing = Timing(started)
     counted = metrics.in_flight(dialect=door.dialect)
@@ -188,12 +200,21 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                         await slot.__aexit__(None, None, None)
                         raise
                     timing.upstream_ms = route.upstream_ms
-                    events = _stream_events(row, route, request, stream, slot, timing, counted)
-                    await anext(events)  # started: from here on its cleanup runs however it is left
+                    streaming = Streaming(row, timing)
+                    streaming._events = _stream_events(streaming, route, request, stream, slot, counted)
+                    await anext(streaming._events)  # started: from here on its cleanup runs however it is left
                     handed_over = True
-                    return Streaming(row, timing, events)
+                    return streaming
                 async with admission.upstream_slot():
                     reply, output = await _ask(route, provider, request)
+                timing.upstream_ms = route.upstream_ms
+                timing.provider_durations = reply.durations or {}
+                row.models_tried = route.tried
+                row.succeed(output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
+                            completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
+                            latency_ms=_elapsed_ms(started), attempts=route.attempts,
+                            finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
+                            tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
         except asyncio.CancelledError:
             failure = _cancelled(task)
             await _finish_failure(row, route, failure, started)
@@ -204,18 +225,10 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
             await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
             raise
         except Exception as exc:
-            logger.exception("provider failed unexpectedly", extra={"request_id": str(request_id)})
-            failure = GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}")
+            failure = _unexpected(exc, row, "generation failed unexpectedly")
             await _finish_failure(row, route, failure, started)
             raise failure from None
-        timing.upstream_ms = route.upstream_ms
-        timing.provider_durations = reply.durations or {}
-        row.models_tried = route.tried
-        await _finish(row, row.succeed, output=_storable(output), model=reply.model,
-                      prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                      upstream_ms=_rounded(route.upstream_ms), latency_ms=_elapsed_ms(started),
-                      attempts=route.attempts, finish_reason=reply.finish_reason,
-                      thinking=_storable(reply.thinking), tool_calls=_storable(audit_calls(reply.tool_calls)))
+        await _record(row)
         return Answer(row, timing, reply)
     finally:
         admission.unregister(task)
@@ -227,51 +240,49 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
 async def _ask(route: Route, provider, request: GenerationRequest):
     reply = _with_call_ids(await route.ask(provider, request))
     try:
-        return reply, _read_output(route, reply, request)
+        return reply, await _read_output(route, reply, request)
     except InvalidOutput:
         # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
         # complies when asked again; once is enough. The model that answered is the one asked again.
         logger.info("json-mode reply unusable; asking once more", extra={"model": reply.model})
         reply = _with_call_ids(await route.ask(provider, request))
         try:
-            return reply, _read_output(route, reply, request)
+            return reply, await _read_output(route, reply, request)
         except InvalidOutput as exc:
             exc.raw_output = reply.content
             raise
 
 
-async def _stream_events(row: Generation, route: Route, request: GenerationRequest, stream, slot, timing: Timing,
-                         counted):
-    """Deltas as they arrive, then the Outcome; the row is completed however the stream ends.
+async def _stream_events(streaming: Streaming, route: Route, request: GenerationRequest, stream, slot, counted):
+    """The response body's pieces as they arrive, then the Outcome's; the row is completed however it ends.
 
     Yields None once first, when generate() starts it: a started async generator is closed (and its cleanup run)
     even if the response never iterates it, e.g. when the client leaves before the first byte.
     """
+    row, timing = streaming.row, streaming.timing
     started = timing.started
     task = asyncio.current_task()
-    text: list[str] = []
-    thinking: list[str] = []
-    calls: list[ToolCall] = []
-    error: GatewayError | None = None
+    sent = _Sent()  # what was rendered for the client: the row's if the stream fails
+    output = error = None
     leaving: BaseException | None = None  # the client went away: re-raised once the row is complete
+    last = b""
     try:
         try:
             yield None
             # The task that drives the response: the one to end when the worker stops.
             task = asyncio.current_task()
             admission.register(task)
+            render = streaming.render
             async for delta in _deltas(stream, timing):
                 if row.first_token_ms is None:
                     row.first_token_ms = _elapsed_ms(started)
-                if isinstance(delta, TextDelta):
-                    text.append(delta.text)
-                elif isinstance(delta, ThinkingDelta):
-                    thinking.append(delta.text)
-                else:
+                if isinstance(delta, ToolCallsDelta):
                     # Named before it is passed on: the client and the audit row see the same ids.
                     delta = ToolCallsDelta(_named(delta.calls))
-                    calls.extend(delta.calls)
-                yield delta
+                piece = render(delta)
+                sent.add(delta)
+                yield piece
+            output = await _read_output(route, sent.reply(stream.reply), request)
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError as exc:
@@ -281,35 +292,19 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
         except GeneratorExit as exc:
             error, leaving = ClientDisconnected("The client closed the stream before it ended."), exc
         except Exception as exc:
-            logger.exception("stream failed unexpectedly", extra={"request_id": str(row.id)})
-            error = GatewayError(f"Unexpected gateway error: {exc.__class__.__name__}")
-        reply = stream.reply
-        output = None
-        if error is None:
-            # The calls as named for the client; Ollama's raw form stays with each.
-            reply = replace(reply, tool_calls=tuple(calls))
-            try:
-                output = _read_output(route, reply, request)
-            except InvalidOutput as exc:
-                error = exc
-        row.models_tried = route.tried
-        if error is None:
-            timing.provider_durations = reply.durations or {}
-            await _finish(row, row.succeed, output=_storable(output), model=reply.model,
-                          prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                          upstream_ms=_rounded(timing.upstream_ms), latency_ms=_elapsed_ms(started),
-                          attempts=route.attempts, finish_reason=reply.finish_reason,
-                          thinking=_storable(reply.thinking), tool_calls=_storable(audit_calls(reply.tool_calls)))
-        else:
-            # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
-            await _finish(row, row.fail, error_type=error.type, message=_storable(error.staff_message),
-                          http_status=error.status if leaving else 200, latency_ms=_elapsed_ms(started),
-                          upstream_ms=_rounded(timing.upstream_ms), raw_output=_storable("".join(text)),
-                          attempts=route.attempts, prompt_tokens=reply.prompt_tokens if reply else None,
-                          # Without Ollama's final chunk, the deltas received are the best count there is.
-                          completion_tokens=reply.completion_tokens if reply else stream.deltas_received,
-                          thinking=_storable("".join(thinking)), tool_calls=_storable(audit_calls(calls)))
+            error = _unexpected(exc, row, "stream failed unexpectedly")
+        try:
+            last = _settle_stream(streaming, route, stream, output, error, sent, rendered=leaving is None)
+        except Exception as exc:
+            failure = _unexpected(exc, row, "stream's outcome not settled")
+            _fail(row, failure, started, http_status=200, **sent.recorded())
+        await _record(row)
     finally:
+        if row.status == Generation.Status.PENDING:
+            # Only reached past an error that escaped the code above (or cancelled the write): still one row.
+            _fail(row, GatewayError("The stream ended unexpectedly."), started, http_status=200,
+                  **sent.recorded())
+            await _record(row)
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
@@ -317,7 +312,71 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
         counted.__exit__()
     if leaving is not None:
         raise leaving
-    yield Outcome(row, error)
+    if last:
+        yield last
+
+
+def _settle_stream(streaming: Streaming, route: Route, stream, output, error: GatewayError | None, sent: _Sent,
+                   *, rendered: bool) -> bytes:
+    """Set the stream's outcome on its row (written by the caller) and render the last piece the client gets.
+
+    A success whose last piece cannot be rendered becomes an internal error, as the client then sees it.
+    """
+    row, timing = streaming.row, streaming.timing
+    reply = stream.reply
+    row.models_tried = route.tried
+    if error is None:
+        reply = sent.reply(reply)
+        timing.provider_durations = reply.durations or {}
+        row.succeed(output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens, upstream_ms=_rounded(timing.upstream_ms),
+                    latency_ms=_elapsed_ms(timing.started), attempts=route.attempts,
+                    finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
+                    tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
+        try:
+            return streaming.render(Outcome(row))
+        except Exception as exc:
+            error = _unexpected(exc, row, "stream's last piece not rendered")
+    # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
+    _fail(row, error, timing.started, http_status=200 if rendered else error.status,
+          upstream_ms=_rounded(timing.upstream_ms), attempts=route.attempts,
+          prompt_tokens=reply.prompt_tokens if reply else None,
+          # Without Ollama's final chunk, the deltas received are the best count there is.
+          completion_tokens=reply.completion_tokens if reply else stream.deltas_received, **sent.recorded())
+    if not rendered:
+        return b""
+    try:
+        return streaming.render(Outcome(row, error))
+    except Exception as exc:
+        # Nothing else to tell the client with: the row and the log keep what happened.
+        _unexpected(exc, row, "stream's error line not rendered")
+        return b""
+
+
+@dataclass
+class _Sent:
+    """What a stream has rendered for its client so far: text, thinking and tool calls (named as sent)."""
+
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+
+    def add(self, delta: Delta) -> None:
+        if isinstance(delta, TextDelta):
+            self.text.append(delta.text)
+        elif isinstance(delta, ThinkingDelta):
+            self.thinking.append(delta.text)
+        else:
+            self.calls.extend(delta.calls)
+
+    def reply(self, reply: ProviderReply) -> ProviderReply:
+        """The provider's whole reply with its tool calls as the client got them (ids minted included)."""
+        return replace(reply, tool_calls=tuple(self.calls))
+
+    def recorded(self) -> dict:
+        """The row's fields for a stream that failed: what the client was sent."""
+        return {"raw_output": "".join(self.text), "thinking": _storable("".join(self.thinking)),
+                "tool_calls": _storable(audit_calls(self.calls))}
 
 
 async def _deltas(stream, timing: Timing):
@@ -389,15 +448,20 @@ def _release_consumer(row: Generation) -> None:
 async def _finish_failure(row: Generation, route: Route, exc: GatewayError, started: float, *,
                           raw_output: str = "") -> None:
     row.models_tried = route.tried
-    await _finish(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
-                  latency_ms=_elapsed_ms(started),
-                  upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
-                  raw_output=_storable(raw_output), attempts=route.attempts)
+    _fail(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
+          raw_output=raw_output, attempts=route.attempts)
+    await _record(row)
 
 
-async def _finish(row: Generation, transition, **fields) -> None:
-    """Complete the row in a database step that runs to the end even if the request is cancelled meanwhile."""
-    await asyncio.shield(db_step(_complete, row, transition, **fields))
+async def _record(row: Generation) -> None:
+    """Write the row's outcome in a database step that runs to the end even if the request is cancelled meanwhile."""
+    await asyncio.shield(db_step(_write_outcome, row))
+
+
+def _unexpected(exc: BaseException, row: Generation, what: str) -> GatewayError:
+    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500."""
+    logger.error(what, exc_info=exc, extra={"request_id": str(row.id), "error_class": exc.__class__.__name__})
+    return GatewayError(f"Unexpected gateway error ({exc.__class__.__name__}); it is logged with this request's id.")
 
 
 def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
@@ -409,7 +473,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
     # A Content-Length is whatever the client wrote (99999999999): the column holds up to 2**31 - 1 everywhere.
     row = Generation(id=request_id, request_bytes=min(body_size, MAX_REQUEST_BYTES),
                      client_ip=caller.client_ip or None, user_agent=(caller.user_agent or "")[:512],
-                     dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
+                     dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length],
+                     worker=process_name.current())
     slot_taken = False
     try:
         try:
@@ -446,6 +511,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
         except GatewayError as exc:
+            if isinstance(exc, AuditUnavailable) and caller.api_key is None and not row.api_key_prefix:
+                # The key could not be looked up: its prefix still tells whose attempt this was.
+                row.api_key_prefix = api_keys.presented_prefix(caller.presented_key)
             _record_failure(row, exc, started)
             raise
         except DatabaseError as exc:
@@ -454,9 +522,14 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
                                                                               "error": str(exc)})
             refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
                                        "Try again later.")
-            # If the database is down altogether, this raises AuditUnavailable itself: the row cannot be written.
+            # If the database is down altogether, the row is kept in the audit spool (or, if even that fails,
+            # this raises AuditUnavailable itself).
             _record_failure(row, refused, started)
             raise refused from None
+        except Exception as exc:
+            failure = _unexpected(exc, row, "generation request failed unexpectedly")
+            _record_failure(row, failure, started)
+            raise failure from None
 
         row.provider = get_provider().name
         row.prompt = _storable(audit_prompt(request.messages, request.completion))
@@ -466,9 +539,12 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             row.save(force_insert=True)
         except DatabaseError as exc:
             logger.error("audit row not written; generation refused", extra={"request_id": str(request_id),
-                                                                              "error": str(exc)})
-            metrics.audit_write_failed("insert")
-            raise AuditUnavailable("The audit log cannot be written, so nothing was generated. Try again later.")
+                                                                              "error": _described(exc)})
+            refused = AuditUnavailable("The gateway's database cannot be written, so nothing was generated. "
+                                       "Try again later.")
+            # The refusal is this attempt's row: kept in the audit spool if the database still refuses it.
+            _record_failure(row, refused, started)
+            raise refused from None
     except BaseException:
         if slot_taken:
             admission.release_consumer_slot(row.consumer_id)
@@ -664,7 +740,7 @@ def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[Me
         ) from None
 
 
-def _read_output(route: Route, reply, request: GenerationRequest):
+async def _read_output(route: Route, reply, request: GenerationRequest):
     """The reply's content as the client gets it; InvalidOutput (recorded against the call) if it is not usable.
 
     The json-mode (or schema) check reads the content only, never the thinking; a reply that calls tools is no
@@ -673,7 +749,7 @@ def _read_output(route: Route, reply, request: GenerationRequest):
     if reply.tool_calls:
         return reply.content
     try:
-        return read_output(reply.content, request.mode, request.output_schema)
+        return await checked_output(reply.content, request.mode, request.output_schema)
     except InvalidOutput as exc:
         route.reject(exc)
         raise
@@ -720,28 +796,56 @@ def _storable(value):
     return value
 
 
-def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
-                    raw_output: str = "", attempts: int = 0) -> None:
-    _complete(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
-              latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output),
-              attempts=attempts)
+def _record_failure(row: Generation, exc: GatewayError, started: float) -> None:
+    """Complete a row refused before the provider was called (in a database step)."""
+    _fail(row, exc, started)
+    _write_outcome(row)
 
 
-def _complete(row: Generation, transition, **fields) -> None:
-    """Complete the row (inserting it if it is not written yet); see _finish for the async path."""
+def _fail(row: Generation, exc: GatewayError, started: float, *, http_status: int | None = None,
+          raw_output: str = "", **fields) -> None:
+    # The staff's message: the client's, plus what the client must not see (the server's address, its answer).
+    row.fail(error_type=exc.type, message=_storable(exc.staff_message),
+             http_status=exc.status if http_status is None else http_status,
+             latency_ms=_elapsed_ms(started), raw_output=_storable(raw_output), save=False, **fields)
+
+
+def _write_outcome(row: Generation) -> None:
+    """Write the completed row; if the database cannot take it, keep it in the audit spool to be replayed.
+
+    Raises AuditUnavailable only when nothing of the attempt is on record or kept: the client must not then
+    believe it was audited.
+    """
     inserting = row._state.adding
     try:
-        transition(**fields)
+        try:
+            row.save_outcome()
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            # A value that no column takes: the outcome without the content, rather than no outcome.
+            failure = _unexpected(exc, row, "audit row not storable")
+            row.output, row.raw_output = None, ""
+            row.status, row.error_type, row.error_message = Generation.Status.FAILED, failure.type, failure.message
+            row.save_outcome()
     except DatabaseError as exc:
-        logger.error("audit row not completed", extra={"request_id": str(row.id), "error": str(exc)})
         metrics.audit_write_failed("insert" if inserting else "update")
-        if inserting:
-            # Nothing of this attempt is on record: the client must not believe it was audited.
-            raise AuditUnavailable("The audit log cannot be written. Try again later.") from None
-        # The pending row exists; the reply is still the client's.
+        kept = audit_spool.keep(row)
+        logger.warning("audit row not written: kept for replay" if kept else "audit row not written",
+                       extra={"request_id": str(row.id), "error": _described(exc)})
+        if not kept and inserting:
+            raise AuditUnavailable("The gateway's database cannot be written, so nothing was generated. "
+                                   "Try again later.") from None
+        # The pending row exists (or the outcome is kept): the reply is still the client's.
     finally:
         # Counted even when the row could not be saved: the metrics are what is left to alert on then.
         metrics.observe_generation(row, dialect=row.dialect)
+
+
+def _described(exc: DatabaseError) -> str:
+    """A database error for the log: its class and first line (PostgreSQL's next ones quote the statement's values,
+    the prompt among them)."""
+    return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
 
 
 def _elapsed_ms(started: float) -> float:

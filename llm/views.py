@@ -44,7 +44,7 @@ async def generate(request):
         return error_response(request, exc)
     if isinstance(result, services.Streaming):
         annotate_request_log(request, provider=result.row.provider, model=result.row.model, stream=True)
-        response = StreamingHttpResponse(_ndjson(request, result), content_type=NDJSON,
+        response = StreamingHttpResponse(result.body(_ndjson(request, result)), content_type=NDJSON,
                                          headers={"Server-Timing": http.server_timing(result.timing),
                                                   "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
         return response
@@ -63,24 +63,25 @@ def parse(data) -> NeutralRequest:
                           stream=fields["stream"])
 
 
-async def _ndjson(request, streaming: services.Streaming):
+def _ndjson(request, streaming: services.Streaming):
+    """The stream's NDJSON lines: one per delta, then the final line (the answer, or the error)."""
     row_id = str(streaming.row.id)
-    async for event in streaming.events():
+
+    def render(event) -> bytes:
         if isinstance(event, TextDelta):
-            yield _line({"id": row_id, "delta": event.text, "done": False})
-            continue
+            return _line({"id": row_id, "delta": event.text, "done": False})
         if isinstance(event, ThinkingDelta):
-            yield _line({"id": row_id, "thinking": event.text, "done": False})
-            continue
+            return _line({"id": row_id, "thinking": event.text, "done": False})
         if isinstance(event, ToolCallsDelta):
-            continue  # a template offers no tools
+            return b""  # a template offers no tools
         row = event.row
         if event.error is not None:
             annotate_error(request, event.error)
             error = error_body(type=event.error.type, message=event.error.message, request_id=row.id)["error"]
-            yield _line({"id": row_id, "done": True, "error": error})
-        else:
-            yield _line({**generation_body(row), "done": True, "first_token_ms": row.first_token_ms})
+            return _line({"id": row_id, "done": True, "error": error})
+        return _line({**generation_body(row), "done": True, "first_token_ms": row.first_token_ms})
+
+    return render
 
 
 def generation_body(row) -> dict:

@@ -36,6 +36,17 @@ def _no_condition_carried_over():
 
 
 @pytest.fixture(autouse=True)
+def audit_spool_dir(tmp_path, settings):
+    """Each test's own audit spool: outcomes the database refused are kept there, never in the checkout."""
+    from llm import audit_spool
+
+    settings.AUDIT_SPOOL_DIR = str(tmp_path / "audit-spool")
+    audit_spool.forget()
+    yield tmp_path / "audit-spool"
+    audit_spool.forget()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
     cache.clear()

@@ -63,7 +63,7 @@ async def _generation(request, endpoint: str, parse):
     if isinstance(result, services.Streaming):
         row = result.row
         annotate_request_log(request, provider=row.provider, model=row.model, stream=True)
-        return StreamingHttpResponse(_lines(request, result, as_chat), content_type=NDJSON,
+        return StreamingHttpResponse(result.body(_lines(request, result, as_chat)), content_type=NDJSON,
                                      headers={"Server-Timing": http.server_timing(result.timing),
                                               "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
     row, reply = result.row, result.reply
@@ -361,23 +361,25 @@ def _format(value) -> tuple[str, dict | None]:
 # -- response ---------------------------------------------------------------------------------------------------------
 
 
-async def _lines(request, streaming: services.Streaming, as_chat: bool):
+def _lines(request, streaming: services.Streaming, as_chat: bool):
+    """The stream's NDJSON lines as Ollama writes them: a piece per delta, then the final one (or the error)."""
     row = streaming.row
-    async for event in streaming.events():
+
+    def render(event) -> bytes:
         if isinstance(event, TextDelta):
-            yield _line({**_piece(row, event.text, as_chat), "done": False})
-        elif isinstance(event, ThinkingDelta):
-            yield _line({**_piece(row, "", as_chat, thinking=event.text), "done": False})
-        elif isinstance(event, ToolCallsDelta):
+            return _line({**_piece(row, event.text, as_chat), "done": False})
+        if isinstance(event, ThinkingDelta):
+            return _line({**_piece(row, "", as_chat, thinking=event.text), "done": False})
+        if isinstance(event, ToolCallsDelta):
             # The chunk's calls together, byte for byte as Ollama sent them: never split, never held back.
-            yield _line({**_piece(row, "", as_chat, calls=_raw_calls(event.calls)), "done": False})
-        elif event.error is not None:
+            return _line({**_piece(row, "", as_chat, calls=_raw_calls(event.calls)), "done": False})
+        if event.error is not None:
             annotate_error(request, event.error)
             # The `ollama` clients raise ResponseError from a line holding `error`: the stream's last line.
-            yield _line({"error": event.error.message})
-            return
-        else:
-            yield _line({**_piece(event.row, "", as_chat), **_final(event.row, streaming.timing)})
+            return _line({"error": event.error.message})
+        return _line({**_piece(event.row, "", as_chat), **_final(event.row, streaming.timing)})
+
+    return render
 
 
 def _piece(row: Generation, text: str, as_chat: bool, *, thinking: str = "", calls: list | None = None) -> dict:

@@ -492,29 +492,35 @@ async def _events(request, streaming: services.Streaming, include_usage: bool):
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                           "finish_reason": finish_reason}]})
 
-    yield chunk({"role": "assistant", "content": ""})
     calls_sent = 0  # tool calls are numbered over the whole stream
-    async for event in streaming.events():
+
+    def render(event) -> bytes:
+        nonlocal calls_sent
         if isinstance(event, TextDelta):
-            yield chunk({"content": event.text})
-            continue
+            return chunk({"content": event.text})
         if isinstance(event, ThinkingDelta):
-            yield chunk(_thinking(event.text))
-            continue
+            return chunk(_thinking(event.text))
         if isinstance(event, ToolCallsDelta):
-            yield chunk({"tool_calls": [_wire_call(call, calls_sent + offset)
-                                        for offset, call in enumerate(audit_calls(event.calls))]})
+            piece = chunk({"tool_calls": [_wire_call(call, calls_sent + offset)
+                                          for offset, call in enumerate(audit_calls(event.calls))]})
             calls_sent += len(event.calls)
-            continue
+            return piece
         if event.error is not None:
             annotate_error(request, event.error)
             # The SDK raises APIError from an event whose data holds `error`: the stream's one error event.
-            yield _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
-            return
-        yield chunk({}, _finish_reason(event.row, calls_sent > 0))
+            return _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
+        end = chunk({}, _finish_reason(event.row, calls_sent > 0))
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(event.row)})
-        yield b"data: [DONE]\n\n"
+            end += _sse({**base, "choices": [], "usage": _usage(event.row)})
+        return end + b"data: [DONE]\n\n"
+
+    body = streaming.body(render)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in body:
+            yield piece
+    finally:
+        await body.aclose()  # closed with this one, so that its row is completed now, not when it is collected
 
 
 def _wire_call(call: dict, index: int) -> dict:

@@ -30,3 +30,30 @@ def test_readyz_is_503_when_the_database_fails(client):
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
     assert "10.0.0.9" not in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_answers_503_within_its_timeout_when_the_database_hangs(gateway, monkeypatch):
+    import threading
+    import time
+
+    from diagnostics import views
+
+    released = threading.Event()
+
+    def hanging():
+        released.wait(10)  # a database that neither answers nor fails
+        return True
+
+    monkeypatch.setattr(views, "database_ready", hanging)
+    try:
+        with gateway.client() as client:
+            started = time.monotonic()
+            response = client.get("/readyz")
+            took = time.monotonic() - started
+    finally:
+        released.set()
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
+    assert views.READY_TIMEOUT <= took < views.READY_TIMEOUT + 1

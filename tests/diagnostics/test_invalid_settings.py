@@ -46,6 +46,8 @@ WRONG_VALUES = {
     "GRACEFUL_TIMEOUT": "-5",
     "DATABASE_POOL_SIZE": "0",
     "AUDIT_RETENTION_DAYS": "90d",
+    "AUDIT_SPOOL_DIR": "var/audit-spool",
+    "AUDIT_SPOOL_MAX_MB": "1GB",
     "CHAT_MAX_BODY_BYTES": "1MiB",
     "CHAT_MAX_IMAGE_BODY_BYTES": "20MiB",
     "KEEP_ALIVE_MAX": "forever",

@@ -5,6 +5,7 @@ import time
 import pytest
 from django.db import connections
 
+from llm import audit_spool
 from llm.models import Generation
 from tests.conftest import SNS_REPLY, assert_error, table_missing
 
@@ -33,7 +34,23 @@ def test_unreadable_templates_are_503_and_audited(generate, valid_request, ollam
 
 
 @pytest.mark.django_db(transaction=True)
-def test_invalid_request_without_audit_is_503_too(generate):
+def test_an_invalid_request_whose_row_is_spooled_gets_its_own_answer(generate):
+    with table_missing("llm_generation"):
+        response = generate({"role": 1})
+
+    # The row is kept to be replayed: the client is told what was wrong with its request, not that the
+    # gateway could not audit it.
+    assert_error(response, 400, "invalid_request")
+    assert audit_spool.replay().written == 1
+    row = Generation.objects.get()
+    assert (str(row.id), row.status, row.error_type) == (response["X-Request-ID"], "failed", "invalid_request")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_that_cannot_be_written_or_kept_is_503(generate, settings, audit_spool_dir):
+    audit_spool_dir.parent.joinpath("not-a-directory").write_text("")
+    settings.AUDIT_SPOOL_DIR = str(audit_spool_dir.parent / "not-a-directory")
+    settings.AUDIT_SPOOL_MEMORY_BYTES = 0
     with table_missing("llm_generation"):
         response = generate({"role": 1})
 

@@ -272,8 +272,12 @@ def test_a_catastrophically_backtracking_pattern_is_checked_in_milliseconds(gate
         assert client.get("/healthz").status_code == 200
 
 
-def test_a_reply_too_costly_to_check_is_invalid_output_at_once(gateway, ollama):
-    """uniqueItems over 20,000 objects: jsonschema compares every pair (minutes); the budget stops it first."""
+def test_a_reply_too_costly_to_check_is_invalid_output_at_once(gateway, ollama, monkeypatch):
+    """Past the largest budget a reply may have, it is refused unchecked, at once (here the budget is lowered to
+    the event loop's own, so that 20,000 objects are already too many)."""
+    from llm import output_schema
+
+    monkeypatch.setattr(output_schema, "MAX_REPLY_BUDGET", output_schema.VALIDATION_BUDGET)
     ollama.reply = json.dumps({"items": [{"n": n} for n in range(20_000)]})
     schema = {"type": "object", "properties": {"items": {"type": "array", "uniqueItems": True}}}
     client = ollama_client.Client(host=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10,
@@ -288,6 +292,22 @@ def test_a_reply_too_costly_to_check_is_invalid_output_at_once(gateway, ollama):
     assert "could not be checked against the output schema" in raised.value.error
     row = rows_after(1)[0]
     assert (row.error_type, row.raw_output[:10]) == ("invalid_output", '{"items": ')
+
+
+def test_a_long_reply_is_checked_off_the_event_loop_and_answered(gateway, ollama):
+    """uniqueItems over 20,000 objects: jsonschema compares every pair (minutes); the bounded check hashes them, in
+    the reply checker's thread, and the worker answers other requests meanwhile."""
+    ollama.reply = json.dumps({"items": [{"n": n} for n in range(20_000)]})
+    schema = {"type": "object", "properties": {"items": {"type": "array", "uniqueItems": True}}}
+    client = ollama_client.Client(host=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10,
+                                  trust_env=False)
+
+    started = time.monotonic()
+    reply = client.chat(model="qwen2.5:7b", messages=HELLO, format=schema, stream=False)
+
+    assert time.monotonic() - started < 3
+    assert len(json.loads(reply.message.content)["items"]) == 20_000
+    assert rows_after(1)[0].status == "succeeded"
 
 
 def deep(levels: int) -> dict:

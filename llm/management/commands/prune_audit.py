@@ -55,6 +55,7 @@ class Command(BaseCommand):
         if dry_run:
             line = f"Dry run: would mark {result.abandoned} pending generations abandoned; {scope}."
         else:
-            line = (f"Marked {result.abandoned} pending generations abandoned; folded {result.folded_hours} hours "
+            replayed = f"Replayed {result.replayed} kept outcomes from the audit spool; " if result.replayed else ""
+            line = (f"{replayed}Marked {result.abandoned} pending generations abandoned; folded {result.folded_hours} hours "
                     f"into the usage rollup; {scope} ({result.seconds:.1f} s).")
         self.stdout.write(line)
