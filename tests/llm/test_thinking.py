@@ -158,3 +158,14 @@ def test_mock_thinking_when_asked(gateway, settings):
 
     assert completion.choices[0].message.reasoning.startswith("[mock thinking (low)]")
     assert "[mock thinking" not in completion.choices[0].message.content
+
+
+def test_a_stream_cut_while_thinking_keeps_the_thinking_sent_on_its_row(gateway, ollama):
+    ollama.fault("stream_error", after=3, message="runner died")
+
+    with pytest.raises(ollama_client.ResponseError):
+        list(ollama_via_gateway(gateway).chat(model=THINKER, messages=ASK, stream=True))
+
+    row = only_row()
+    assert (row.status, row.http_status, row.output, row.raw_output) == ("failed", 200, None, "")
+    assert row.thinking == "Thinking (think=true) about:"  # the three pieces the client got
