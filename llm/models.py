@@ -281,6 +281,11 @@ class Generation(models.Model):
                                  related_name="generations", db_index=False)
     api_key_prefix = models.CharField(max_length=ApiKey.PREFIX_LENGTH, blank=True, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Calls made to the provider, retries included.")
+    # db_default too: a process still running the previous release inserts rows without this column.
+    repeat_count = models.PositiveIntegerField(
+        default=1, db_default=1,
+        help_text="Requests this row stands for: 1, except for the refusals of a client address past "
+                  "FAILED_KEYS_PER_MINUTE, counted in one row per address and minute.")
 
     class Meta:
         ordering = ["-created_at"]
