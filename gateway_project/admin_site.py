@@ -32,6 +32,7 @@ class GatewayAdminSite(admin.AdminSite):
         if refused is not None:
             response.status_code = refused.status
             response["Retry-After"] = str(refused.retry_after)
+            response._has_been_logged = True  # expected under a flood, not an error (see PasswordCheckRefused)
         return response
 
     def get_app_list(self, request, app_label=None):

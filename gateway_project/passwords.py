@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import threading
@@ -27,6 +28,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 
 from gateway_project import throttling
+
+logger = logging.getLogger("gateway.passwords")
 
 # The wait for this process's one hashing slot: about two hashes. Longer would let a flood pile up threads.
 HASH_SLOT_WAIT = 1.0
@@ -46,7 +49,11 @@ _successes_lock = threading.Lock()
 
 
 class PasswordCheckRefused(Exception):
-    """The password was not checked: the client must wait (429) or the process is busy hashing (503)."""
+    """The password was not checked: the client must wait (429) or the process is busy hashing (503).
+
+    Expected under attack: the response it becomes is marked logged, so that Django does not log each 503 as an
+    error (the request's own log line says what happened).
+    """
 
     def __init__(self, message: str, *, status: int, retry_after: float):
         super().__init__(message)
@@ -79,6 +86,7 @@ class ThrottledPasswordBackend(ModelBackend):
         subjects = _Subjects(address, username)
         subjects.refuse_if_delayed()
         if not _hash_slot.acquire(timeout=HASH_SLOT_WAIT):
+            throttling.warn_now_and_then(logger, "password checks refused: this process is busy hashing others")
             raise PasswordCheckRefused("The gateway is busy checking other passwords; try again in a moment.",
                                        status=503, retry_after=HASH_SLOT_WAIT)
         try:

@@ -26,9 +26,9 @@ logger = logging.getLogger("gateway.throttling")
 FREE_FAILURES = 5
 FORGET_AFTER_SECONDS = 3600
 UNKNOWN_ADDRESS = "unknown"
-# An unreachable cache is said once a minute per process, not once per request.
-_CACHE_WARNING_INTERVAL = 60.0
-_last_cache_warning = -math.inf
+# A condition an attacker can cause on every request is logged once a minute per process, not once per request.
+WARNING_INTERVAL = 60.0
+_last_warning: dict[str, float] = {}
 
 
 def now() -> float:
@@ -135,10 +135,14 @@ def marked(key: str) -> bool:
         return False
 
 
+def warn_now_and_then(log: logging.Logger, message: str, **extra) -> None:
+    """Log a warning, unless the same one was logged in this process in the last WARNING_INTERVAL seconds."""
+    moment = time.monotonic()
+    if moment - _last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
+        _last_warning[message] = moment
+        log.warning(message, extra=extra)
+
+
 def _cache_unavailable(exc: Exception) -> None:
-    global _last_cache_warning
-    now = time.monotonic()
-    if now - _last_cache_warning >= _CACHE_WARNING_INTERVAL:
-        _last_cache_warning = now
-        logger.warning("failed attempts not counted: the cache is unavailable",
-                       extra={"error": f"{exc.__class__.__name__}: {exc}"})
+    warn_now_and_then(logger, "failed attempts not counted: the cache is unavailable",
+                      error=f"{exc.__class__.__name__}: {exc}")

@@ -163,7 +163,10 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, PasswordCheckRefused):
-        exc = (AuthThrottled if exc.status == 429 else AuthBusy)(exc.message, retry_after=exc.retry_after)
+        response = api_exception_handler(
+            (AuthThrottled if exc.status == 429 else AuthBusy)(exc.message, retry_after=exc.retry_after), context)
+        response._has_been_logged = True  # expected under a flood: gateway_project.passwords logs it now and then
+        return response
     if isinstance(exc, GatewayError):
         annotate_request_log(request, error_type=exc.type)
         body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)
