@@ -30,6 +30,7 @@ from django.db.models import ExpressionWrapper, F, FloatField, Value
 from django.utils import timezone
 
 from gateway_project.db_steps import db_step
+from gateway_project import throttling
 from gateway_project.throttling import client_address
 from llm import metrics
 from llm.errors import AuditUnavailable, AuthThrottled
@@ -62,8 +63,8 @@ def refuse_if_throttled(client_ip: str | None) -> None:
         refused = cache.get(_counter(client_address(client_ip), window)) or 0
     except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors
         # Open, as the rate limit: each refusal then keeps a row of its own, as without the throttle.
-        logger.warning("failed keys not throttled: the cache is unavailable",
-                       extra={"error": f"{exc.__class__.__name__}: {exc}"})
+        throttling.warn_now_and_then(logger, "failed keys not throttled: the cache is unavailable",
+                                     error=f"{exc.__class__.__name__}: {exc}")
         return
     if refused >= limit:
         retry_after = max(1, math.ceil(window + WINDOW_SECONDS - now))
@@ -86,8 +87,8 @@ def count_refusal(client_ip: str | None) -> None:
             except ValueError:  # expired between add() and incr()
                 cache.add(key, 1, timeout=WINDOW_SECONDS + 5)
     except Exception as exc:  # noqa: BLE001
-        logger.warning("failed key not counted: the cache is unavailable",
-                       extra={"error": f"{exc.__class__.__name__}: {exc}"})
+        throttling.warn_now_and_then(logger, "failed keys not throttled: the cache is unavailable",
+                                     error=f"{exc.__class__.__name__}: {exc}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
+from gateway_project import throttling
 from llm import api_keys, failed_keys, metrics, usage
 from llm.models import Generation
 from tests.conftest import GENERATE_URL, LONG_WINDOW, assert_error, table_missing
@@ -191,16 +192,21 @@ def test_a_throttled_refusal_that_cannot_be_recorded_is_503(generate, valid_requ
     assert_error(response, 503, "audit_unavailable")
 
 
-def test_an_unreachable_cache_throttles_nobody(generate, valid_request, settings, refused_url):
+def test_an_unreachable_cache_throttles_nobody_and_says_so_once(generate, valid_request, settings, refused_url,
+                                                               caplog):
     port = refused_url.rsplit(":", 1)[1]
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                    "LOCATION": f"redis://127.0.0.1:{port}/0",
                                    "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}
+    throttling._last_warning.clear()
 
-    statuses = [generate(valid_request, key=WRONG, REMOTE_ADDR=ATTACKER).status_code for _ in range(LIMIT + 2)]
+    with caplog.at_level("WARNING", logger="llm.failed_keys"):
+        statuses = [generate(valid_request, key=WRONG, REMOTE_ADDR=ATTACKER).status_code for _ in range(LIMIT + 2)]
 
     assert statuses == [401] * (LIMIT + 2)
     assert list(rows_of(ATTACKER).values_list("repeat_count", flat=True)) == [1] * (LIMIT + 2)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "llm.failed_keys"] == [
+        ("WARNING", "failed keys not throttled: the cache is unavailable")]
 
 
 REDIS_URL = "redis://127.0.0.1:6379/5"
