@@ -3,7 +3,8 @@
 Every Django password the gateway accepts goes through here: HTTP Basic on the debug API and /metrics, and the
 admin's login form. A password check costs a deliberately slow hash (PBKDF2, ~0.4 s of CPU), so unchecked it lets
 anyone without an account take the server's CPU away from the generations. Here:
-- at most one hash runs at a time per process; a check that cannot start within HASH_SLOT_WAIT is refused (503);
+- at most one hash runs at a time per process, in a thread of the lowest CPU priority; a check that cannot start
+  within HASH_SLOT_WAIT is refused (503);
 - failures delay the next attempt, per client address and per user name, exponentially but never locking out
   (gateway_project.throttling); a delayed client is refused (429) before any hash;
 - a success is remembered in this process for SUCCESS_TTL under a digest of the user's state and the password, so a
@@ -17,15 +18,19 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import secrets
+import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.hashers import make_password, verify_password
 
 from gateway_project import throttling
 
@@ -39,6 +44,7 @@ SUCCESS_CACHE_SIZE = 1024
 # its password elsewhere cannot keep it out of the address it works from.
 KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
 CACHE_PREFIX = "auth"
+HASH_NICENESS = 19
 
 _hash_slot = threading.BoundedSemaphore(1)
 # Keys are HMACs under a key that never leaves this process: not even a memory dump of the cache alone can be
@@ -94,10 +100,15 @@ class ThrottledPasswordBackend(ModelBackend):
             subjects.refuse_if_delayed()
             if user is None:
                 # As ModelBackend: an unknown name costs the same hash, so timing does not tell which names exist.
-                user_model().set_password(password)
+                _hashed(make_password, password)
                 accepted = False
             else:
-                accepted = user.check_password(password) and self.user_can_authenticate(user)
+                correct, outdated = _hashed(verify_password, password, user.password)
+                if correct and outdated:
+                    # As User.check_password: a hash of fewer rounds (or an older hasher) is upgraded.
+                    user.password = _hashed(make_password, password)
+                    user.save(update_fields=["password"])
+                accepted = correct and self.user_can_authenticate(user)
         finally:
             _hash_slot.release()
         if not accepted:
@@ -111,6 +122,25 @@ class ThrottledPasswordBackend(ModelBackend):
         # The same bounds for async callers; the hash and its slot wait in a thread, never on the event loop.
         return await sync_to_async(self.authenticate, thread_sensitive=False)(
             request, username=username, password=password, **kwargs)
+
+
+def _lower_priority() -> None:
+    # Linux gives each thread its own nice value: the hash yields the CPU to the event loop and the generations,
+    # so even a hash running all the time takes only what they leave.
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+        except OSError:
+            pass
+
+
+_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-hash", initializer=_lower_priority)
+
+
+def _hashed(function, *args):
+    """function(*args), a password hash (pure CPU, no database), run in the process's one low-priority hashing
+    thread. Only the holder of _hash_slot calls it, so nothing ever queues there."""
+    return _hasher.submit(function, *args).result()
 
 
 class _Subjects:
