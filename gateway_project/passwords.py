@@ -33,6 +33,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import make_password, verify_password
 
 from gateway_project import throttling
+from gateway_project.db_steps import release_connections
 
 logger = logging.getLogger("gateway.passwords")
 
@@ -91,6 +92,9 @@ class ThrottledPasswordBackend(ModelBackend):
         address = throttling.client_address(request.META.get("REMOTE_ADDR") if request is not None else None)
         subjects = _Subjects(address, username)
         subjects.refuse_if_delayed()
+        # No database connection is held while waiting for the slot and hashing: on PostgreSQL the pool is shared
+        # with the generations, and twenty waiting password checks would otherwise take all of it.
+        release_connections()
         if not _hash_slot.acquire(timeout=HASH_SLOT_WAIT):
             throttling.warn_now_and_then(logger, "password checks refused: this process is busy hashing others")
             raise PasswordCheckRefused("The gateway is busy checking other passwords; try again in a moment.",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -375,6 +376,42 @@ def test_one_hash_at_a_time_and_a_bounded_wait_for_it(gateway, operator, hashes,
     # Expected under a flood: one warning, not an error per refused request.
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30] == [
         ("WARNING", "password checks refused: this process is busy hashing others")]
+
+
+def _on_postgresql() -> bool:
+    from django.db import connection
+
+    return connection.vendor == "postgresql"
+
+
+@pytest.mark.skipif(not _on_postgresql(), reason="SQLite has no connection pool to exhaust")
+def test_checks_waiting_for_the_hash_hold_no_database_connection(gateway, operator, monkeypatch, settings):
+    """Twenty checks waiting for the process's hashing slot, more than the pool's DATABASE_POOL_SIZE connections:
+    a generation meanwhile still gets a connection at once."""
+    monkeypatch.setattr(passwords, "HASH_SLOT_WAIT", 4.0)
+    body = {"role": "copywriter", "task": "sns", "payload": {"product": "Green tea", "tone": "calm"}}
+    assert settings.DATABASE_POOL_SIZE < 20
+    passwords._hash_slot.acquire()  # busy hashing: every check waits
+    held = True
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            waiting = [pool.submit(httpx.get, f"{gateway.url}{SETTINGS_URL}", timeout=10, trust_env=False,
+                                   headers={"X-Forwarded-For": f"192.0.2.{n}", **_basic_header("operator", "x")})
+                       for n in range(20)]
+            time.sleep(1.5)  # all of them past their user lookup, waiting for the slot
+            started = time.perf_counter()
+            generated = httpx.post(f"{gateway.url}{GENERATE_URL}", json=body, timeout=10, trust_env=False,
+                                   headers={"Authorization": f"Bearer {gateway.key}"})
+            took = time.perf_counter() - started
+            passwords._hash_slot.release()
+            held = False
+            statuses = {future.result().status_code for future in waiting}
+    finally:
+        if held:
+            passwords._hash_slot.release()
+
+    assert generated.status_code == 200 and took < 1.0, took
+    assert statuses <= {401, 429, 503}
 
 
 def _basic_header(username, password) -> dict:
