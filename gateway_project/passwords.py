@@ -82,10 +82,13 @@ class ThrottledPasswordBackend(ModelBackend):
             username = kwargs.get(user_model.USERNAME_FIELD)
         if username is None or password is None:
             return None
-        try:
-            user = user_model._default_manager.get_by_natural_key(username)
-        except user_model.DoesNotExist:
-            user = None
+        user = None
+        # A NUL cannot be in a user name (PostgreSQL refuses it in a query, which would answer 500).
+        if "\x00" not in username:
+            try:
+                user = user_model._default_manager.get_by_natural_key(username)
+            except user_model.DoesNotExist:
+                pass
         if user is not None and _remembered(user, password):
             return user if self.user_can_authenticate(user) else None
 
@@ -119,7 +122,7 @@ class ThrottledPasswordBackend(ModelBackend):
             subjects.failed()
             return None
         subjects.succeeded()
-        _remember(user, password)  # after check_password, which may have upgraded the stored hash
+        _remember(user, password)  # after the check, which may have upgraded the stored hash
         return user
 
     async def aauthenticate(self, request, username=None, password=None, **kwargs):

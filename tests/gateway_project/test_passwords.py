@@ -164,6 +164,11 @@ def test_an_unknown_user_name_costs_the_same_hash_and_is_delayed_the_same(client
     assert hashes.calls == throttling.FREE_FAILURES
 
 
+def test_a_user_name_no_database_can_hold_is_an_unknown_name_not_a_500(client, operator, hashes):
+    assert_error(get(client, "oper\x00ator", PASSWORD), 401, "authentication_failed")
+    assert hashes.calls == 1  # the same stand-in hash as for any unknown name
+
+
 # -- remembered successes ---------------------------------------------------------------------------------------------
 
 
@@ -292,8 +297,9 @@ with override_settings(CACHES=caches):
 
 def test_the_delays_are_shared_by_every_process_through_redis(client, operator, hashes, settings):
     prefix = _point_cache_at_redis(settings)
+    # Enough failures for a 32 s delay: a slow start of either process cannot outlast it.
     result = subprocess.run([sys.executable, "-c", ANOTHER_PROCESS, REDIS_URL, prefix, "203.0.113.10",
-                             str(throttling.FREE_FAILURES)],
+                             str(throttling.FREE_FAILURES + 5)],
                             cwd=PROJECT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
