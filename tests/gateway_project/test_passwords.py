@@ -128,7 +128,7 @@ def test_no_lockout_the_right_password_works_once_the_delay_is_over(client, oper
     assert get(client, "operator", PASSWORD).status_code == 200
 
 
-def test_the_address_is_remote_addr_never_a_forwarded_header_a_client_sets(client, operator, hashes):
+def test_the_address_is_remote_addr_never_a_forwarded_header_a_client_sets(client, operator, hashes, clock):
     for n in range(throttling.FREE_FAILURES):
         get(client, "operator", "wrong", HTTP_X_FORWARDED_FOR=f"192.0.2.{n}")
 
@@ -139,7 +139,7 @@ def test_the_address_is_remote_addr_never_a_forwarded_header_a_client_sets(clien
 
 
 def test_a_user_names_failures_delay_it_from_new_addresses_but_not_from_one_it_signed_in_from(
-        client, operator, django_user_model, hashes):
+        client, operator, django_user_model, hashes, clock):
     assert get(client, "operator", PASSWORD, address="198.51.100.1").status_code == 200  # its usual address
     passwords.forget_successes()
     # Someone guesses at the name from many addresses, never enough from one to be delayed there.
@@ -156,7 +156,7 @@ def test_a_user_names_failures_delay_it_from_new_addresses_but_not_from_one_it_s
     assert hashes.calls == 1 + 1 + 1  # the operator, the auditor's creation, the auditor; never the refused guess
 
 
-def test_an_unknown_user_name_costs_the_same_hash_and_is_delayed_the_same(client, operator, hashes):
+def test_an_unknown_user_name_costs_the_same_hash_and_is_delayed_the_same(client, operator, hashes, clock):
     for _ in range(throttling.FREE_FAILURES):
         assert_error(get(client, "ghost", "wrong"), 401, "authentication_failed")
     assert hashes.calls == throttling.FREE_FAILURES
@@ -240,7 +240,7 @@ def test_the_remembered_success_holds_no_password(client, operator, hashes):
 # -- the same backend everywhere a password is taken ------------------------------------------------------------------
 
 
-def test_metrics_take_basic_auth_through_the_same_delays(client, operator, hashes):
+def test_metrics_take_basic_auth_through_the_same_delays(client, operator, hashes, clock):
     for _ in range(throttling.FREE_FAILURES):
         assert_error(get(client, "operator", "wrong", url="/metrics"), 401, "authentication_failed")
     refused = get(client, "operator", "wrong", url="/metrics")
