@@ -35,6 +35,14 @@ timeout = 30
 # completed audit row) within seconds (gateway_project.workers); only after that margin does the master kill it.
 graceful_timeout = int(_gateway["GRACEFUL_TIMEOUT"]) + 20
 keepalive = 5
+# gunicorn's control socket (gunicornc: worker counts, reload, shutdown) defaults to one path per user,
+# $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl: a second gateway started by the same user unlinks the
+# first one's socket and binds its own there, so gunicornc then steers (or shuts down) the wrong gateway, and once
+# the second stops, the first has none. Off, unless GUNICORN_CONTROL_SOCKET names a path of this instance's own.
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+if _control_socket:
+    control_socket = _control_socket
+control_socket_disable = not _control_socket
 # The gateway logs one structured line per request itself.
 accesslog = None
 errorlog = "-"

@@ -8,8 +8,8 @@
 Method (each phase against the fake Ollama server, tests/fake_ollama.py, an asyncio process of its own)
     P1  bench/overhead.py's measurement: N sequential requests, gateway and direct interleaved (see that file).
     P3  The fake answers every /api/chat after --delay seconds (2). gunicorn serves the gateway with
-        WEB_CONCURRENCY workers (2), uvicorn workers, caps out of the way (UPSTREAM_MAX_IN_FLIGHT=0, no rate
-        limit), request log on (LOG_LEVEL=info: one line per request, as in production). wrk holds --connections
+        WEB_CONCURRENCY workers (2), uvicorn workers, caps out of the way (UPSTREAM_MAX_IN_FLIGHT=0, DEFAULT_MAX_CONCURRENT=0, no
+        rate limit), request log on (LOG_LEVEL=info: one line per request, as in production). wrk holds --connections
         (500) for --duration (20 s), first against the fake directly (the ceiling), then through the gateway.
         Meanwhile a probe GETs /healthz every 50 ms on its own connection, and a sampler reads the RSS of the
         gunicorn processes (and, on PostgreSQL, the connections in pg_stat_activity) every 250 ms.
@@ -308,7 +308,8 @@ def load_phases(args, stack, workdir: Path) -> dict:
     slow_url = start_fake(stack, workdir, "fake-slow", "--delay", str(args.delay), "--chunks", "8",
                           "--chunk-delay", "0.05")
     env = overhead.gateway_environment(database.url, slow_url, "info", workdir)
-    env.update({"UPSTREAM_MAX_IN_FLIGHT": "0", "RATE_LIMIT_PER_MINUTE": "0", "OLLAMA_TIMEOUT": "60"})
+    env.update({"UPSTREAM_MAX_IN_FLIGHT": "0", "DEFAULT_MAX_CONCURRENT": "0", "RATE_LIMIT_PER_MINUTE": "0",
+                "OLLAMA_TIMEOUT": "60"})
     env.update(dict(item.split("=", 1) for item in args.set))
     overhead.migrate(env)
     key = overhead.create_api_key(env)

@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 
 class ConnectionCheckQuerySerializer(serializers.Serializer):
-    """Query parameters of GET /api/v1/debug/ollama[/generate]."""
+    """Options of POST /api/v1/debug/ollama[/generate], as query parameters or a JSON body."""
 
     model = serializers.CharField(required=False, max_length=200, help_text="default: OLLAMA_DEFAULT_MODEL")
     timeout = serializers.FloatField(required=False, help_text="seconds per step (default 5)")

@@ -9,7 +9,7 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from rest_framework.authentication import (BaseAuthentication, BasicAuthentication, SessionAuthentication,
                                            get_authorization_header)
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, MethodNotAllowed
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.response import Response
@@ -49,13 +49,31 @@ class DebugSettingsView(StaffOnlyAPIView):
         })
 
 
+class NotCrossSite(BasePermission):
+    """Refuse what a browser sends from another site (`Sec-Fetch-Site: cross-site`): a browser that has cached
+    Basic credentials for the gateway would attach them to a form another site posts here. A session needs the CSRF
+    token besides (DRF's SessionAuthentication checks it on POST); curl and scripts send no Sec-Fetch-Site."""
+
+    message = "A debug action cannot be requested from another site."
+
+    def has_permission(self, request, view):
+        return request.META.get("HTTP_SEC_FETCH_SITE", "none") in ("same-origin", "none")
+
+
 class DebugOllamaView(StaffOnlyAPIView):
-    """GET /api/v1/debug/ollama: run the connection check (recorded in the history) and return its report."""
+    """POST /api/v1/debug/ollama: run the connection check (recorded in the history) and return its report.
+
+    An action (it calls Ollama, and writes a row), so POST only: a GET link or image on another site must not run
+    it with a staff member's cookie. With the admin's session the CSRF token is needed too.
+    """
 
     generate = False
+    permission_classes = [*StaffOnlyAPIView.permission_classes, NotCrossSite]
 
-    def get(self, request):
-        query = ConnectionCheckQuerySerializer(data=request.query_params)
+    def post(self, request):
+        # The options as query parameters (curl -X POST '...?model=x') or as a JSON body.
+        given = {**request.query_params.dict(), **(request.data if isinstance(request.data, dict) else {})}
+        query = ConnectionCheckQuerySerializer(data=given)
         query.is_valid(raise_exception=True)
         report, row = run_connection_check(origin=ConnectionCheck.Origin.API, user=request.user,
                                            generate=self.generate, **query.validated_data)
@@ -70,8 +88,13 @@ class DebugOllamaView(StaffOnlyAPIView):
         return Response(body)
 
 
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise MethodNotAllowed(request.method, detail=f"Method {request.method} is not allowed: this runs a check "
+                                                      "against Ollama and records it, so use POST.")
+
+
 class DebugOllamaGenerateView(DebugOllamaView):
-    """GET /api/v1/debug/ollama/generate: the same check plus a tiny test generation."""
+    """POST /api/v1/debug/ollama/generate: the same check plus a tiny test generation."""
 
     generate = True
 

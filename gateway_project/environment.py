@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from gateway_project.redaction import mask_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -78,6 +81,9 @@ def _base_url(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL such as http://localhost:11434")
+    _port(value, "http://localhost:11434")
+    if not urlsplit(value).hostname:
+        raise ValueError("the URL names no host; write it as scheme://host:port, e.g. http://localhost:11434")
     return value.rstrip("/")
 
 
@@ -130,8 +136,19 @@ def _scheme(raw: str, known: dict, example: str) -> None:
         raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(sorted(known))}, e.g. {example}")
 
 
+def _port(raw: str, example: str) -> None:
+    try:
+        # Blanks around the authority are left out: an inline " # comment" makes them, and the gateway's clients
+        # read it as a fragment and reach the server all the same (diagnostics warns about it).
+        urlsplit("//" + urlsplit(raw.strip()).netloc.strip()).port  # noqa: B018 - a bad port raises here
+    except ValueError as exc:
+        # urllib's reasons name the port at most, never the user or password.
+        raise ValueError(f"not a URL ({exc}); e.g. {example}") from None
+
+
 def _database_url(raw: str) -> dict:
     _scheme(raw, environ.Env.DB_SCHEMES, "postgres://user:pass@host:5432/name")
+    _port(raw, "postgres://user:pass@host:5432/name")
     try:
         return environ.Env.db_url_config(raw.strip())
     except Exception as exc:  # django-environ raises several types for unknown schemes
@@ -141,6 +158,7 @@ def _database_url(raw: str) -> dict:
 
 def _cache_url(raw: str) -> dict:
     _scheme(raw, environ.Env.CACHE_SCHEMES, "redis://127.0.0.1:6379/0")
+    _port(raw, "redis://127.0.0.1:6379/0")
     try:
         return environ.Env.cache_url_config(raw.strip())
     except Exception as exc:
@@ -190,6 +208,9 @@ SPECS: tuple[SettingSpec, ...] = (
                 help="seconds a whole generation may take, retries and fallbacks included; then 504"),
     SettingSpec("UPSTREAM_MAX_IN_FLIGHT", "64", _integer(0, 100_000),
                 help="calls to the provider one gateway process makes at once; 0: no cap"),
+    SettingSpec("DEFAULT_MAX_CONCURRENT", "16", _integer(0, 100_000),
+                help="generations a consumer without its own max_concurrent may have in flight at once, per gateway "
+                     "process; 0: no cap"),
     SettingSpec("UPSTREAM_QUEUE_TIMEOUT", "30", _number(0),
                 help="seconds a generation waits for a free upstream slot before 503 upstream_busy"),
     SettingSpec("GRACEFUL_TIMEOUT", "300", _number(0),
@@ -199,6 +220,12 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("CHAT_MAX_BODY_BYTES", "1048576", _integer(1024, 64 * 1024 * 1024),
                 help="largest request body of the OpenAI- and Ollama-compatible chat endpoints (they carry the "
                      "conversation); the native API keeps 64 KiB"),
+    SettingSpec("REQUEST_HEADER_TIMEOUT", "10", _number(0, exclusive=True),
+                help="seconds a client has to send a request's line and headers, from connecting (or from its first "
+                     "byte on a kept-alive connection); then 408 and the connection is closed"),
+    SettingSpec("REQUEST_BODY_TIMEOUT", "30", _number(0, exclusive=True),
+                help="seconds a client has to send a request's whole body, from the end of its headers; then 408 "
+                     "(audited on the generation endpoints)"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
     SettingSpec("FAILED_KEYS_PER_MINUTE", "30", _integer(0, 1_000_000),
@@ -337,7 +364,8 @@ def resolve(environ_: Mapping[str, str] | None = None, *, specs: tuple[SettingSp
             resolved.values[spec.name] = spec.parse(raw)
         except ValueError as exc:
             where = {ENVIRONMENT: "the OS environment", ENV_FILE: str(env_file), DEFAULT: "the code default"}[source]
-            shown = "(hidden)" if spec.secret else repr(raw)
+            # A URL's password is masked even in a setting that is no secret (OLLAMA_BASE_URL with credentials).
+            shown = "(hidden)" if spec.secret else repr(mask_url(raw) if "://" in raw else raw)
             resolved.reject(spec.name, str(exc),
                             message=f"{spec.name}={shown} (from {where}) is invalid: {exc}.{inline_comment_hint(raw)}")
             resolved.values[spec.name] = spec.parse(spec.default)

@@ -62,6 +62,10 @@ class RequestIdMiddleware:
 
     def _finish(self, request, response, started: float):
         response["X-Request-ID"] = str(request.request_id)
+        # This middleware's line is the request's log. Django's own (django.request) would repeat it at error
+        # level for every 5xx the gateway answers by design (503 upstream_unavailable, 501, shutting_down).
+        # An exception is still logged where it is raised.
+        response._has_been_logged = True
         if response.streaming and response.is_async:
             response.streaming_content = self._logged_stream(request, response, response.streaming_content, started)
         else:

@@ -33,9 +33,12 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.hashers import make_password, verify_password
 
 from gateway_project import throttling
+from gateway_project.conditions import Condition
 from gateway_project.db_steps import release_connections
 
 logger = logging.getLogger("gateway.passwords")
+# Expected under a flood of passwords: one warning when it begins, one info line when it ends.
+BUSY = Condition(logger, "password_checks_busy")
 
 # The wait for this process's one hashing slot: about two hashes. Longer would let a flood pile up threads.
 HASH_SLOT_WAIT = 1.0
@@ -59,7 +62,7 @@ class PasswordCheckRefused(Exception):
     """The password was not checked: the client must wait (429) or the process is busy hashing (503).
 
     Expected under attack: the response it becomes is marked logged, so that Django does not log each 503 as an
-    error (the request's own log line says what happened).
+    error (the request's own log line says what happened, and BUSY says it once).
     """
 
     def __init__(self, message: str, *, status: int, retry_after: float):
@@ -99,9 +102,11 @@ class ThrottledPasswordBackend(ModelBackend):
         # with the generations, and twenty waiting password checks would otherwise take all of it.
         release_connections()
         if not _hash_slot.acquire(timeout=HASH_SLOT_WAIT):
-            throttling.warn_now_and_then(logger, "password checks refused: this process is busy hashing others")
+            BUSY.occurred("password checks refused: this process is busy hashing others (one hash at a time); "
+                          "refused with 503 auth_busy until it catches up")
             raise PasswordCheckRefused("The gateway is busy checking other passwords; try again in a moment.",
                                        status=503, retry_after=HASH_SLOT_WAIT)
+        BUSY.cleared("password checks heard again: the hashing slot is free within its wait")
         try:
             # Read again: the failures of those this check waited behind may have earned this address a delay.
             subjects.refuse_if_delayed()

@@ -9,19 +9,21 @@ MASK = "********"
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by a mask: postgres://app:********@db:5432/gateway."""
+    """The URL with any password replaced by a mask: postgres://app:********@db:5432/gateway.
+
+    Works on the text of the URL's authority, so that a URL that is wrong in some other way (a port out of range,
+    a port that is not a number) is still shown, masked, in the message that says what is wrong with it.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return MASK
-    if parts.password is None:
+    # The host never holds "@": everything before the last one is user and password (which may hold "@").
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:{MASK}@{host}{port}", parts.path, parts.query, parts.fragment))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{user}:{MASK}@{hostport}", parts.path, parts.query, parts.fragment))
 
 
 @lru_cache(maxsize=4096)  # payload key names repeat from request to request

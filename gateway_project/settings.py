@@ -46,6 +46,7 @@ OLLAMA_RETRY_BACKOFF = env["OLLAMA_RETRY_BACKOFF"]
 GENERATION_DEADLINE = env["GENERATION_DEADLINE"]
 UPSTREAM_MAX_IN_FLIGHT = env["UPSTREAM_MAX_IN_FLIGHT"]
 UPSTREAM_QUEUE_TIMEOUT = env["UPSTREAM_QUEUE_TIMEOUT"]
+DEFAULT_MAX_CONCURRENT = env["DEFAULT_MAX_CONCURRENT"]
 GRACEFUL_TIMEOUT = env["GRACEFUL_TIMEOUT"]
 DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 # Database steps of async views run in a pool of threads (gateway_project.db_steps); the test suite runs them in
@@ -53,6 +54,12 @@ DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
+# Every other API path (listings, health, the refused endpoints): their bodies are small or absent. The admin's
+# paths take DATA_UPLOAD_MAX_MEMORY_SIZE. A larger body is refused before it is read (llm.body_limits).
+API_MAX_BODY_BYTES = 16 * 1024
+# Slow clients: the request head (gateway_project.connections) and the body (gateway_project.asgi) are bounded.
+REQUEST_HEADER_TIMEOUT = env["REQUEST_HEADER_TIMEOUT"]
+REQUEST_BODY_TIMEOUT = env["REQUEST_BODY_TIMEOUT"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
@@ -80,7 +87,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,6 +103,9 @@ MIDDLEWARE = [
 # list above (it authenticates by API key, not by session, and sends no cookies).
 API_MIDDLEWARE = [
     "gateway_project.middleware.RequestIdMiddleware",
+    # Django's host check runs only when something asks for the host; on this chain nothing else does.
+    "llm.dialects.hosts.AllowedHostsMiddleware",
+    "llm.body_limits.UnreadBodyMiddleware",
     "gateway_project.middleware.SecurityHeadersMiddleware",
 ]
 # The front doors: the native API, the OpenAI dialect and the Ollama dialect at Ollama's own paths (not all of
@@ -105,6 +117,24 @@ API_PATHS = ("/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/api/g
              "/api/version",
              "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
              "/api/delete")
+
+# Content-Security-Policy of every page of the full chain (the admin, the usage dashboard, the diagnostics pages,
+# Swagger UI): scripts, styles, images and fonts from the gateway itself only, nothing inline, no frames, forms
+# posting only here. An injected <script> or style, or a page framing the admin, does nothing. SVG charts are
+# markup; Swagger UI's icons are data: images, its start-up script a file of its own (llm.schema_urls).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "base-uri": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "gateway_project.urls"
 WSGI_APPLICATION = "gateway_project.wsgi.application"

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 from django.core.cache import cache
+
+from gateway_project.conditions import Condition
 
 logger = logging.getLogger("gateway.throttling")
 
@@ -26,9 +27,8 @@ logger = logging.getLogger("gateway.throttling")
 FREE_FAILURES = 5
 FORGET_AFTER_SECONDS = 3600
 UNKNOWN_ADDRESS = "unknown"
-# A condition an attacker can cause on every request is logged once a minute per process, not once per request.
-WARNING_INTERVAL = 60.0
-_last_warning: dict[str, float] = {}
+# Expected while the cache is down: one warning when it begins, one info line when it ends.
+CACHE_DOWN = Condition(logger, "throttle_cache_unavailable")
 
 
 def now() -> float:
@@ -90,6 +90,7 @@ def failures(names: list[str], *, prefix: str) -> dict[str, Failures]:
     except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors
         _cache_unavailable(exc)
         return {}
+    _cache_answered()
     return {name: Failures(int(found.get(_count_key(name, prefix)) or 0),
                            float(found.get(_last_key(name, prefix)) or 0.0)) for name in names}
 
@@ -135,14 +136,10 @@ def marked(key: str) -> bool:
         return False
 
 
-def warn_now_and_then(log: logging.Logger, message: str, **extra) -> None:
-    """Log a warning, unless the same one was logged in this process in the last WARNING_INTERVAL seconds."""
-    moment = time.monotonic()
-    if moment - _last_warning.get(message, -math.inf) >= WARNING_INTERVAL:
-        _last_warning[message] = moment
-        log.warning(message, extra=extra)
-
-
 def _cache_unavailable(exc: Exception) -> None:
-    warn_now_and_then(logger, "failed attempts not counted: the cache is unavailable",
-                      error=f"{exc.__class__.__name__}: {exc}")
+    CACHE_DOWN.occurred("failed attempts not counted: the cache is unavailable; nobody is delayed until it answers",
+                        error=f"{exc.__class__.__name__}: {exc}")
+
+
+def _cache_answered() -> None:
+    CACHE_DOWN.cleared("failed attempts counted again: the cache answers")

@@ -12,6 +12,8 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from gateway_project.connections import GatewayHttpProtocol
+
 # What uvicorn waits for once the generations are done: responses being written out, idle keep-alive connections.
 CONNECTIONS_GRACE_SECONDS = 5
 
@@ -30,7 +32,8 @@ class DrainingServer(Server):
 
 class GatewayWorker(UvicornWorker):
     # Django's ASGI handler implements no lifespan protocol; saying so keeps a misleading line out of the log.
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "off"}
+    # The HTTP protocol is uvicorn's httptools one with a bound on slow request heads (gateway_project.connections).
+    CONFIG_KWARGS = {"loop": "auto", "http": GatewayHttpProtocol, "lifespan": "off"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

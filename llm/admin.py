@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
-from llm import api_keys, dashboard, prompt_templates
+from llm import admission, api_keys, dashboard, prompt_templates
 from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
 
@@ -63,13 +63,20 @@ class ConsumerForm(forms.ModelForm):
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
     form = ConsumerForm
-    list_display = ("name", "is_active", "rate_limit_per_minute", "templates_only", "created_at")
+    list_display = ("name", "is_active", "rate_limit_per_minute", "concurrency_cap", "templates_only", "created_at")
     list_filter = ("is_active", "templates_only")
     search_fields = ("name",)
     fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
               "created_at")
     readonly_fields = ("created_at",)
     inlines = [ApiKeyInline]
+
+    @admin.display(description="Max concurrent", ordering="max_concurrent")
+    def concurrency_cap(self, obj):
+        """What applies: its own cap, or DEFAULT_MAX_CONCURRENT (said so) when it has none; 0 is no cap."""
+        cap, named = admission.concurrency_cap(obj)
+        shown = str(cap) if cap else "no cap"
+        return shown if named == "max_concurrent" else f"{shown} (default)"
 
 
 @admin.register(ApiKey)
@@ -120,6 +127,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 class IndentedJSONField(forms.JSONField):
     """JSON shown indented for editing, and nothing rather than `null` when there is no value."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            # Python's JSON parser recurses: text nested a thousand levels deep exhausts its stack.
+            raise forms.ValidationError("Enter JSON nested less deeply.", code="invalid") from None
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
 
     def prepare_value(self, value):
         if value is None or isinstance(value, forms.fields.InvalidJSONInput):
@@ -216,6 +236,10 @@ class PromptTemplateAdmin(admin.ModelAdmin):
 
     form = PromptTemplateForm
     change_form_template = "admin/llm/prompttemplate/change_form.html"
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     list_display = ("role", "task", "is_active", "current_number", "description")
     list_filter = ("is_active", "role")
     search_fields = ("role", "task", "description")
@@ -317,6 +341,10 @@ class PromptTemplateVersionAdmin(StaffReadOnlyAdmin):
     list_display = ("template", "number", "created_at", "created_by", "model", "mode")
     list_filter = ("template__role", "template__task")
     list_select_related = ("template",)
+
+    class Media:
+        css = {"all": ("llm/admin.css",)}
+
     fieldsets = (
         (None, {"fields": ("template", "number", "created_at", "created_by")}),
         ("Prompt", {"fields": ("system_prompt_text", "user_template_text", "mode", "output_schema_json")}),
@@ -457,7 +485,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
             return queryset.none(), False
 
     class Media:
-        css = {"all": ("llm/generations.css",)}
+        css = {"all": ("llm/admin.css", "llm/generations.css")}
 
     @admin.display(description="Created (UTC)", ordering="created_at")
     def created(self, obj):
@@ -529,12 +557,12 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         return _pretty(obj.output)
 
 
+# Styled by llm/admin.css (no inline styles: the Content-Security-Policy refuses them).
 def _pre(text: str):
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
+    return format_html('<pre class="text">{}</pre>', text)
 
 
 def _pretty(value):
     if value is None:
         return "—"
-    return format_html('<pre class="json" style="white-space: pre-wrap; margin: 0">{}</pre>',
-                       json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))

@@ -60,18 +60,26 @@ _consumer_lock = threading.Lock()
 _consumer_in_flight: dict[int, int] = {}
 
 
+def concurrency_cap(consumer) -> tuple[int, str]:
+    """The consumer's cap on generations in flight (0: none) and where it comes from, for messages."""
+    if consumer.max_concurrent is not None:
+        return consumer.max_concurrent, "max_concurrent"
+    return settings.DEFAULT_MAX_CONCURRENT, "DEFAULT_MAX_CONCURRENT"
+
+
 def take_consumer_slot(consumer) -> None:
     """Count one generation in flight for the consumer; RateLimited (429) when it already has its cap running.
 
-    Called from a database step's thread; release_consumer_slot() gives the slot back.
+    Without a cap of its own a consumer has DEFAULT_MAX_CONCURRENT, so that no single one can hold every upstream
+    slot. Called from a database step's thread; release_consumer_slot() gives the slot back.
     """
-    cap = consumer.max_concurrent
+    cap, named = concurrency_cap(consumer)
     with _consumer_lock:
         running = _consumer_in_flight.get(consumer.pk, 0)
-        if cap is not None and running >= cap:
+        if cap and running >= cap:
             raise RateLimited(
                 f"Consumer {consumer.name!r} already has {running} generations in flight, its cap "
-                f"(max_concurrent={cap}) on this gateway process. Retry when one has finished.",
+                f"({named}={cap}) on this gateway process. Retry when one has finished.",
                 retry_after=1,
             )
         _consumer_in_flight[consumer.pk] = running + 1

@@ -100,9 +100,10 @@ def _frame(name: str, top: float, labels: list[str], body: SafeString) -> SafeSt
         '<text x="{}" y="{}" text-anchor="end" font-size="11">{}</text>',
         LEFT, HEIGHT - BOTTOM, WIDTH, HEIGHT - BOTTOM, LEFT - 4, _short(top), LEFT - 4, HEIGHT - BOTTOM,
         LEFT, HEIGHT - 4, labels[0] if labels else "", WIDTH, HEIGHT - 4, labels[-1] if labels else "")
-    return format_html('<svg class="usage-chart" data-chart="{}" viewBox="0 0 {} {}" width="100%" role="img" '
-                       'preserveAspectRatio="none" style="max-width: {}px; height: {}px">{}{}</svg>',
-                       name, WIDTH, HEIGHT, WIDTH, HEIGHT, axis, body)
+    # Sized by attributes and llm/admin.css, not a style attribute (the Content-Security-Policy refuses those).
+    return format_html('<svg class="usage-chart" data-chart="{}" viewBox="0 0 {} {}" width="100%" height="{}" '
+                       'role="img" preserveAspectRatio="none">{}{}</svg>',
+                       name, WIDTH, HEIGHT, HEIGHT, axis, body)
 
 
 def bar_chart(labels: list[str], values: list[float], links: list[str], *, unit: str, name: str,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 
@@ -20,19 +21,28 @@ logger = logging.getLogger("llm.errors")
 
 
 class GatewayError(Exception):
-    """An error with a machine-readable type and the HTTP status it is answered with."""
+    """An error with a machine-readable type and the HTTP status it is answered with.
+
+    `message` is what the client is told; `staff_message` (the message itself unless given) is what the audit row
+    and the log record. Only the staff message may name a server, its address or what it answered.
+    """
 
     type = "internal_error"
     status = 500
 
-    def __init__(self, message: str, *, details: dict | None = None, headers: dict | None = None,
-                 attempts: int | None = None):
+    def __init__(self, message: str, *, staff_message: str | None = None, details: dict | None = None,
+                 headers: dict | None = None, attempts: int | None = None):
         super().__init__(message)
         self.message = message
+        self.staff_message = staff_message or message
         self.details = details
         self.headers = headers or {}
         # Calls made to the provider before this error was raised, retries included (None: not a provider error).
         self.attempts = attempts
+
+    @property
+    def has_staff_detail(self) -> bool:
+        return self.staff_message != self.message
 
 
 AUTHENTICATE_HEADER = 'Bearer realm="llm-gateway"'
@@ -80,6 +90,12 @@ class InvalidRequest(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     type, status = "payload_too_large", 413
+
+
+class RequestTimeout(GatewayError):
+    """The request body did not arrive within REQUEST_BODY_TIMEOUT: the client sent too slowly, or stopped."""
+
+    type, status = "request_timeout", 408
 
 
 class UnsupportedMediaType(GatewayError):
@@ -132,6 +148,14 @@ class AuditUnavailable(GatewayError):
     type, status = "audit_unavailable", 503
 
 
+def annotate_error(request, exc: GatewayError) -> None:
+    """Name the error on the request's log line: its type, and for staff what the client was not told."""
+    fields = {"error_type": exc.type}
+    if exc.has_staff_detail:
+        fields["error_detail"] = exc.staff_message
+    annotate_request_log(request, **fields)
+
+
 def error_body(*, type: str, message: str, request_id, details: dict | None = None) -> dict:
     error = {"type": type, "message": message, "request_id": str(request_id) if request_id else None}
     if details:
@@ -165,10 +189,10 @@ def api_exception_handler(exc, context):
     if isinstance(exc, PasswordCheckRefused):
         response = api_exception_handler(
             (AuthThrottled if exc.status == 429 else AuthBusy)(exc.message, retry_after=exc.retry_after), context)
-        response._has_been_logged = True  # expected under a flood: gateway_project.passwords logs it now and then
+        response._has_been_logged = True  # expected under a flood: gateway_project.passwords.BUSY says it once
         return response
     if isinstance(exc, GatewayError):
-        annotate_request_log(request, error_type=exc.type)
+        annotate_error(request, exc)
         body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)
         return Response(body, status=exc.status, headers=exc.headers)
     if isinstance(exc, drf_exceptions.APIException):
@@ -209,6 +233,11 @@ def _json_error(request, status: int, type_: str, message: str) -> JsonResponse:
 
 # Django's handler400/403/404/500: JSON for API clients, Django's own pages for people in the admin.
 def bad_request(request, exception):
+    if isinstance(exception, RequestDataTooBig):
+        # Past DATA_UPLOAD_MAX_MEMORY_SIZE: a size, not a malformed request (the handlers refuse such bodies first).
+        if _wants_json(request):
+            return _json_error(request, 413, "payload_too_large", "The request body is too large.")
+        return HttpResponse("Request body too large.", status=413, content_type="text/plain; charset=utf-8")
     if _wants_json(request):
         return _json_error(request, 400, "invalid_request", "The request could not be understood (bad Host header?).")
     return defaults.bad_request(request, exception)

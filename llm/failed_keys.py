@@ -30,13 +30,15 @@ from django.db.models import ExpressionWrapper, F, FloatField, Value
 from django.utils import timezone
 
 from gateway_project.db_steps import db_step
-from gateway_project import throttling
+from gateway_project.conditions import Condition
 from gateway_project.throttling import client_address
 from llm import metrics
 from llm.errors import AuditUnavailable, AuthThrottled
 from llm.models import Generation
 
 logger = logging.getLogger("llm.failed_keys")
+# Expected while the cache is down: one warning when it begins, one info line when it ends.
+CACHE_DOWN = Condition(logger, "failed_keys_cache_unavailable")
 
 WINDOW_SECONDS = 60
 LINGER_SECONDS = 0.1
@@ -63,9 +65,10 @@ def refuse_if_throttled(client_ip: str | None) -> None:
         refused = cache.get(_counter(client_address(client_ip), window)) or 0
     except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors
         # Open, as the rate limit: each refusal then keeps a row of its own, as without the throttle.
-        throttling.warn_now_and_then(logger, "failed keys not throttled: the cache is unavailable",
-                                     error=f"{exc.__class__.__name__}: {exc}")
+        CACHE_DOWN.occurred("failed keys not throttled: the cache is unavailable; each refusal keeps a row of its "
+                            "own until it answers", error=f"{exc.__class__.__name__}: {exc}")
         return
+    CACHE_DOWN.cleared("failed keys throttled again: the cache answers")
     if refused >= limit:
         retry_after = max(1, math.ceil(window + WINDOW_SECONDS - now))
         raise AuthThrottled(
@@ -87,8 +90,8 @@ def count_refusal(client_ip: str | None) -> None:
             except ValueError:  # expired between add() and incr()
                 cache.add(key, 1, timeout=WINDOW_SECONDS + 5)
     except Exception as exc:  # noqa: BLE001
-        throttling.warn_now_and_then(logger, "failed keys not throttled: the cache is unavailable",
-                                     error=f"{exc.__class__.__name__}: {exc}")
+        CACHE_DOWN.occurred("failed keys not throttled: the cache is unavailable; each refusal keeps a row of its "
+                            "own until it answers", error=f"{exc.__class__.__name__}: {exc}")
 
 
 @dataclass
@@ -112,7 +115,7 @@ async def record(row: Generation, error: AuthThrottled, *, latency_ms: float) ->
     Raises AuditUnavailable if that row cannot be written.
     """
     row.status, row.http_status, row.error_type = Generation.Status.FAILED, error.status, error.type
-    row.error_message, row.latency_ms, row.finished_at = error.message, latency_ms, timezone.now()
+    row.error_message, row.latency_ms, row.finished_at = error.staff_message, latency_ms, timezone.now()
     # Each request is observed on its own: the metrics count requests, not rows.
     metrics.observe_generation(row, dialect=row.dialect)
     loop = asyncio.get_running_loop()

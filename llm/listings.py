@@ -7,6 +7,8 @@ In mock mode the models are those the prompt templates and OLLAMA_DEFAULT_MODEL 
 
 from __future__ import annotations
 
+from typing import Callable
+
 from django.conf import settings
 from django.utils import timezone
 
@@ -30,9 +32,14 @@ async def models(caller) -> list[dict]:
     return [e for e in entries if model_access.allows(consumer, e.get("name") or e["model"])]
 
 
-async def show(caller, name: str) -> dict:
-    """Ollama's /api/show of a model the consumer may use; ModelNotFound for any other, as if it did not exist."""
+async def show(caller, read_name: Callable[[], str]) -> dict:
+    """Ollama's /api/show of a model the consumer may use; ModelNotFound for any other, as if it did not exist.
+
+    `read_name` reads the model's name from the request (or raises the error answered): only once the caller is
+    known, so that nothing an unauthenticated client sends is even parsed.
+    """
     consumer, mock_names = await db_step(_authenticated, caller)
+    name = read_name()
     missing = ModelNotFound(f"Model {name!r} not found.")
     if not model_access.allows(consumer, name):
         raise missing

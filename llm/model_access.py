@@ -42,6 +42,6 @@ def permitted(consumer, models: list[str], *, chosen: bool) -> list[str]:
     if chosen:
         message = f"Consumer {consumer.name!r} may not use model {models[0]!r}; its models: {shown}."
     else:
-        message = (f"None of this template's models ({', '.join(models)}) is among those consumer "
-                   f"{consumer.name!r} may use: {shown}.")
+        # The template's own models are not named: a consumer learns of no model outside its list.
+        message = f"None of this template's models is among those consumer {consumer.name!r} may use: {shown}."
     raise ModelNotAllowed(message, details={"model": [message]})

@@ -154,7 +154,8 @@ class Consumer(models.Model):
         help_text="Generations per minute; empty: the global RATE_LIMIT_PER_MINUTE; 0: unlimited.")
     max_concurrent = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="Generations this consumer may have in flight at once, per gateway process; empty: no cap.")
+        help_text="Generations this consumer may have in flight at once, per gateway process; empty: the global "
+                  "DEFAULT_MAX_CONCURRENT; 0: no cap.")
     is_active = models.BooleanField(default=True, help_text="An inactive consumer's keys are all refused.")
     allowed_models = models.JSONField(
         default=list, blank=True,

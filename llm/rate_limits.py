@@ -13,10 +13,13 @@ import time
 from django.conf import settings
 from django.core.cache import cache
 
+from gateway_project.conditions import Condition
 from llm.errors import RateLimited
 from llm.models import Consumer
 
 logger = logging.getLogger("llm.rate_limits")
+# An unreachable cache is met by every request while it lasts: logged when it begins and when it ends.
+CACHE_DOWN = Condition(logger, "cache_unavailable")
 
 
 def limit_for(consumer: Consumer) -> int:
@@ -39,9 +42,10 @@ def count_request(consumer: Consumer) -> None:
         count = _increment(key, timeout=window + 5)
     except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors (redis.ConnectionError, ...)
         # Fail open: an unreachable cache must not take the whole API down with it. Logged, and so alertable.
-        logger.error("rate limit not enforced: the cache is unavailable",
-                     extra={"consumer": consumer.name, "error": f"{exc.__class__.__name__}: {exc}"})
+        CACHE_DOWN.occurred("rate limits not enforced: the cache is unavailable; requests are let through until "
+                            "it answers", consumer=consumer.name, error=f"{exc.__class__.__name__}: {exc}")
         return
+    CACHE_DOWN.cleared("rate limits enforced again: the cache answers")
     if count > limit:
         retry_after = max(1, math.ceil(window_start + window - now))
         raise RateLimited(

@@ -14,6 +14,7 @@ import asyncio
 import time
 from dataclasses import replace
 
+from llm import model_access
 from llm.errors import GatewayError, InvalidRequest, ModelFailed, ModelNotFound
 from llm.models import PromptTemplateVersion
 from llm.providers import GenerationRequest, ProviderReply
@@ -21,20 +22,25 @@ from llm.providers import GenerationRequest, ProviderReply
 FALLBACK_ON = (ModelNotFound, ModelFailed)
 
 
-def candidate_models(version: PromptTemplateVersion, requested: str | None) -> list[str]:
-    """The models to try in order: the one a request names (if the template allows it), else the chain."""
+def candidate_models(version: PromptTemplateVersion, requested: str | None, consumer) -> list[str]:
+    """The models to try in order, of those the consumer may use: the one a request names (if the template allows
+    it), else the chain; ModelNotAllowed (403) if the consumer may use none of them."""
     if requested is None:
-        return version.model_chain()
+        return model_access.permitted(consumer, version.model_chain(), chosen=False)
     allowed = version.allowed_model_names()
     if requested not in allowed:
+        # Named in the message: only the template's models that this consumer may use.
+        usable = model_access.permitted(consumer, allowed, chosen=False)
+        chain = model_access.visible(consumer, version.model_chain())
         template = version.template
+        instead = f"; or name no model to use {chain[0]} with its fallbacks" if chain else ""
         raise InvalidRequest(
             f"Model {requested!r} is not allowed for {template.role}/{template.task}. "
-            f"Allowed: {', '.join(allowed)}; or name no model to use {allowed[0]} with its fallbacks.",
-            details={"model": [f"Not allowed for this template. Allowed: {', '.join(allowed)}."]},
+            f"Allowed: {', '.join(usable)}{instead}.",
+            details={"model": [f"Not allowed for this template. Allowed: {', '.join(usable)}."]},
         )
     # A model the client chose is the one it gets: no silent substitute.
-    return [requested]
+    return model_access.permitted(consumer, [requested], chosen=True)
 
 
 class Route:
@@ -97,7 +103,12 @@ def _exhausted(failures: list[GatewayError], tried: list[dict]) -> GatewayError:
     summary = ", ".join(f"{t['model']} ({t['outcome']})" for t in tried)
     failed = next((exc for exc in failures if not isinstance(exc, ModelNotFound)), None)
     if failed is not None:
-        return type(failed)(f"{failed.message.rstrip('.')}. Models tried: {summary}.")
+        # The client's message and the staff one (with the server and its answer) each keep their own words.
+        return type(failed)(f"{failed.message.rstrip('.')}. Models tried: {summary}.",
+                            staff_message=f"{failed.staff_message.rstrip('.')}. Models tried: {summary}.",
+                            attempts=failed.attempts)
     pulls = " or ".join(f"ollama pull {t['model']}" for t in tried)
-    return ModelNotFound(f"None of the models for this template is available: {summary}. "
-                         f"Pull one on the Ollama server with: {pulls}")
+    staff = "; ".join(exc.staff_message for exc in failures)
+    message = (f"None of the models for this template is available: {summary}. "
+               f"Pull one on the Ollama server with: {pulls}")
+    return ModelNotFound(message, staff_message=f"{message} ({staff})")

@@ -42,9 +42,13 @@ ERROR_RESPONSES = {
     401: _error("not_authenticated (no key) or authentication_failed (invalid, expired or revoked key). "
                 "Sent with `WWW-Authenticate: Bearer`.", "authentication_failed", "The API key is not valid."),
     404: _error("model_not_found: the model is not pulled on the Ollama server.", "model_not_found",
-                "Model 'mistral:7b' is not available on Ollama at http://localhost:11434."),
-    413: _error("payload_too_large: the body is over 64 KiB.", "payload_too_large",
-                "The request body is 70000 bytes; the limit is 65536 bytes (64 KiB)."),
+                "Model 'mistral:7b' is not available on Ollama. Pull it there with: ollama pull mistral:7b"),
+    408: _error("request_timeout: the body did not arrive within REQUEST_BODY_TIMEOUT (30 s by default); the "
+                "connection is closed after the answer.", "request_timeout",
+                "The request body did not arrive within 30s (REQUEST_BODY_TIMEOUT); 2048 bytes came."),
+    413: _error("payload_too_large: the body is over 64 KiB. A Content-Length over it is refused before the body is "
+                "read, a chunked body once it passes the limit; the connection is closed after the answer.",
+                "payload_too_large", "The request body is over the limit of 65536 bytes (64 KiB)."),
     415: _error("unsupported_media_type: the body must be application/json.", "unsupported_media_type",
                 "Content-Type must be application/json, not 'text/plain'."),
     429: _error("rate_limited: the consumer's generations per minute are used up; or auth_throttled: this client "
@@ -55,7 +59,7 @@ ERROR_RESPONSES = {
                 "asked twice, was not a JSON object).", "invalid_output", "The model's reply is not a JSON object."),
     503: _error("upstream_unavailable (Ollama cannot be reached or is busy, after retries) or audit_unavailable "
                 "(the audit log cannot be written, so nothing was generated).", "upstream_unavailable",
-                "Cannot connect to Ollama at http://localhost:11434."),
+                "Cannot connect to Ollama. (3 attempts)"),
     504: _error("upstream_timeout: Ollama did not reply within OLLAMA_TIMEOUT.", "upstream_timeout",
                 "Ollama did not reply within 120s (OLLAMA_TIMEOUT)."),
 }

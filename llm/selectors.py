@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 
+from llm import model_access
 from llm.errors import InvalidRequest
 from llm.models import PromptTemplate, PromptTemplateVersion
 
@@ -37,13 +38,23 @@ def current_version_for(role: str, task: str) -> PromptTemplateVersion:
     )
 
 
-def template_catalog() -> dict:
-    """What consumers discover: {"roles": {role: [task, ...]}, "templates": [active templates]}."""
-    templates = active_templates()
+def template_catalog(consumer) -> dict:
+    """What a consumer discovers: {"roles": {role: [task, ...]}, "templates": [active templates]}.
+
+    Only the models the consumer may use are listed (`.models`, `.allowed_models` on each template); a template
+    none of whose models it may use is left out, as a request for it could only be refused.
+    """
     roles: dict[str, list[str]] = {}
-    for template in templates:
+    listed = []
+    for template in active_templates():
+        version = template.current
+        template.models = model_access.visible(consumer, version.model_chain())
+        template.allowed_models = model_access.visible(consumer, version.allowed_model_names())
+        if not template.allowed_models:
+            continue
+        listed.append(template)
         roles.setdefault(template.role, []).append(template.task)
-    return {"roles": roles, "templates": templates}
+    return {"roles": roles, "templates": listed}
 
 
 def active_templates() -> list[PromptTemplate]:

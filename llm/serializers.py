@@ -78,10 +78,11 @@ class PromptTemplateSerializer(serializers.Serializer):
     mode = serializers.CharField(source="current.mode")
     payload_fields = serializers.ListField(source="current.payload_fields", child=serializers.CharField())
     sample_payload = serializers.JSONField()
-    models = serializers.ListField(source="current.model_chain", child=serializers.CharField(),
-                                   help_text="Tried in this order when a request names no model.")
-    allowed_models = serializers.ListField(source="current.allowed_model_names", child=serializers.CharField(),
-                                           help_text="The models a request may name.")
+    models = serializers.ListField(child=serializers.CharField(),
+                                   help_text="Tried in this order when a request names no model (those the "
+                                             "consumer may use).")
+    allowed_models = serializers.ListField(child=serializers.CharField(),
+                                           help_text="The models a request may name (those the consumer may use).")
     output_schema = serializers.JSONField(source="current.output_schema")
 
 

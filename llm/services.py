@@ -27,8 +27,8 @@ from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
 from llm import admission, api_keys, failed_keys, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
-                        InvalidRequest, NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, ShuttingDown,
-                        UnsupportedMediaType, UpstreamTimeout)
+                        InvalidRequest, NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
+                        ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
 from llm.output_schema import read_output
 from llm.prompts import MissingPlaceholders
@@ -40,6 +40,7 @@ from llm.selectors import current_version_for
 logger = logging.getLogger("llm.services")
 
 MAX_DEPTH = 32
+MAX_REQUEST_BYTES = 2**31 - 1
 
 
 @dataclass
@@ -116,8 +117,12 @@ class Streaming:
 
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
-                   caller: Caller, door: FrontDoor) -> tuple[Generation, Timing] | Streaming:
+                   caller: Caller, door: FrontDoor,
+                   body_timed_out: bool = False) -> tuple[Generation, Timing] | Streaming:
     """Answer one generation request: the completed audit row, or a Streaming; else raise the GatewayError answered.
+
+    `body_size` over the door's limit, or `body_timed_out` (the client did not send it within REQUEST_BODY_TIMEOUT),
+    means the body was not read: once the key is checked, the attempt is refused with 413 or 408, and recorded.
 
     Whatever happens, the attempt leaves exactly one Generation row, completed, a client that went away included.
     If that row cannot be written, nothing is generated and AuditUnavailable is raised.
@@ -126,8 +131,8 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     counted = metrics.in_flight(dialect=door.dialect)
     counted.__enter__()
     begin = asyncio.ensure_future(db_step(
-        _begin, request_id=request_id, body=body, body_size=body_size, content_type=content_type,
-        started=started, caller=caller, door=door))
+        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+        content_type=content_type, started=started, caller=caller, door=door))
     try:
         try:
             begun = await asyncio.shield(begin)
@@ -278,7 +283,7 @@ async def _stream_events(row: Generation, route: Route, request: GenerationReque
                           attempts=route.attempts, finish_reason=reply.finish_reason)
         else:
             # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
-            await _finish(row, row.fail, error_type=error.type, message=error.message,
+            await _finish(row, row.fail, error_type=error.type, message=_storable(error.staff_message),
                           http_status=error.status if leaving else 200, latency_ms=_elapsed_ms(started),
                           upstream_ms=_rounded(timing.upstream_ms), raw_output=_storable("".join(text)),
                           attempts=route.attempts, prompt_tokens=reply.prompt_tokens if reply else None,
@@ -351,7 +356,7 @@ def _release_consumer(row: Generation) -> None:
 async def _finish_failure(row: Generation, route: Route, exc: GatewayError, started: float, *,
                           raw_output: str = "") -> None:
     row.models_tried = route.tried
-    await _finish(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+    await _finish(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
                   latency_ms=_elapsed_ms(started),
                   upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
                   raw_output=_storable(raw_output), attempts=route.attempts)
@@ -362,15 +367,16 @@ async def _finish(row: Generation, transition, **fields) -> None:
     await asyncio.shield(db_step(_complete, row, transition, **fields))
 
 
-def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float, caller: Caller,
-           door: FrontDoor):
+def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
+           started: float, caller: Caller, door: FrontDoor):
     """The database step before the provider is called: admit, validate, and write the pending row.
 
     Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
     """
-    row = Generation(id=request_id, request_bytes=body_size, client_ip=caller.client_ip or None,
-                     user_agent=(caller.user_agent or "")[:512], dialect=door.dialect,
-                     endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
+    # A Content-Length is whatever the client wrote (99999999999): the column holds up to 2**31 - 1 everywhere.
+    row = Generation(id=request_id, request_bytes=min(body_size, MAX_REQUEST_BYTES),
+                     client_ip=caller.client_ip or None, user_agent=(caller.user_agent or "")[:512],
+                     dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length])
     slot_taken = False
     try:
         try:
@@ -379,6 +385,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, content_type: str, 
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
             _admit(caller.api_key, caller.refusal)
+            if body_timed_out:
+                raise RequestTimeout(f"The request body did not arrive within {settings.REQUEST_BODY_TIMEOUT:g}s "
+                                     f"(REQUEST_BODY_TIMEOUT); {body_size} bytes came.")
             data = _parse(body, body_size, content_type, door.max_body_bytes)
             if door.masks_secrets:
                 # Secrets are masked first: neither the audit log nor the model ever sees them.
@@ -450,8 +459,8 @@ def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
 
 def _parse(body: bytes, body_size: int, content_type: str, limit: int):
     if body_size > limit:
-        raise PayloadTooLarge(f"The request body is {body_size} bytes; the limit is {limit} bytes "
-                              f"({limit / 1024:g} KiB).")
+        # Only a declared size is known: a chunked body was read no further than one chunk past the limit.
+        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes ({limit / 1024:g} KiB).")
     if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}.")
     if not body.strip():
@@ -532,8 +541,7 @@ def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer)
     row.template_version = version
     mode = neutral.mode or version.mode
     row.mode = mode
-    models = model_access.permitted(consumer, candidate_models(version, neutral.model),
-                                    chosen=neutral.model is not None)
+    models = candidate_models(version, neutral.model, consumer)
     row.model = models[0][: Generation.SHORT]
     return GenerationRequest(
         role=neutral.role,
@@ -610,7 +618,7 @@ def _storable(value):
 
 def _record_failure(row: Generation, exc: GatewayError, started: float, *, upstream_ms: float | None = None,
                     raw_output: str = "", attempts: int = 0) -> None:
-    _complete(row, row.fail, error_type=exc.type, message=exc.message, http_status=exc.status,
+    _complete(row, row.fail, error_type=exc.type, message=_storable(exc.staff_message), http_status=exc.status,
               latency_ms=_elapsed_ms(started), upstream_ms=upstream_ms, raw_output=_storable(raw_output),
               attempts=attempts)
 

@@ -20,7 +20,7 @@ from gateway_project.middleware import annotate_request_log
 from llm import selectors, services
 from llm.authentication import ApiKeyAuthentication
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, error_body
+from llm.errors import GatewayError, InvalidRequest, annotate_error, error_body
 from llm.request_rules import NeutralRequest
 from llm.schema import ERROR_RESPONSES
 from llm.serializers import GenerateRequestSerializer, TemplateCatalogSerializer
@@ -40,7 +40,7 @@ async def generate(request):
     try:
         result = await http.generate(request, caller=http.caller_of(request), door=door)
     except GatewayError as exc:
-        return _error(request, exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
+        return error_response(request, exc)
     if isinstance(result, services.Streaming):
         annotate_request_log(request, provider=result.row.provider, model=result.row.model, stream=True)
         response = StreamingHttpResponse(_ndjson(request, result), content_type=NDJSON,
@@ -71,7 +71,7 @@ async def _ndjson(request, streaming: services.Streaming):
             continue
         row = event.row
         if event.error is not None:
-            annotate_request_log(request, error_type=event.error.type)
+            annotate_error(request, event.error)
             error = error_body(type=event.error.type, message=event.error.message, request_id=row.id)["error"]
             yield _line({"id": row_id, "done": True, "error": error})
         else:
@@ -88,6 +88,12 @@ def generation_body(row) -> dict:
 
 def _line(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def error_response(request, exc: GatewayError) -> HttpResponse:
+    """A gateway error in the native shape."""
+    annotate_error(request, exc)
+    return _error(request, exc.status, exc.type, exc.message, details=exc.details, headers=exc.headers)
 
 
 def _error(request, status: int, type_: str, message: str, *, details=None, headers=None) -> HttpResponse:
@@ -112,4 +118,5 @@ class TemplateListView(APIView):
         responses={200: TemplateCatalogSerializer, 401: ERROR_RESPONSES[401], 429: ERROR_RESPONSES[429]},
     )
     def get(self, request):
-        return Response(TemplateCatalogSerializer(selectors.template_catalog()).data)
+        # request.user is the key's Consumer (ApiKeyAuthentication): it sees only the models it may use.
+        return Response(TemplateCatalogSerializer(selectors.template_catalog(request.user)).data)

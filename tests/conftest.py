@@ -26,6 +26,16 @@ def _no_mock_delay(settings):
 
 
 @pytest.fixture(autouse=True)
+def _no_condition_carried_over():
+    """Expected conditions are logged once per process until they clear: each test starts from none."""
+    from gateway_project.conditions import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
     cache.clear()
@@ -155,12 +165,13 @@ def serving_asgi():
     import uvicorn
 
     from gateway_project.asgi import application
+    from gateway_project.workers import GatewayWorker
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(application, lifespan="off", log_config=None, access_log=False,
-                                           timeout_graceful_shutdown=2))
+                                           http=GatewayWorker.CONFIG_KWARGS["http"], timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -274,13 +285,28 @@ def browser():
         chromium.close()
 
 
+# Every page the browser tests open reports the Content-Security-Policy violations it causes to the test (an
+# exposed function survives navigation; the browser calls it from an event listener added before any page script).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => window.reportCspViolation({
+    page: document.location.pathname, directive: e.effectiveDirective, blocked: e.blockedURI,
+    source: e.sourceFile, line: e.lineNumber, sample: e.sample}));
+"""
+
+
 @pytest.fixture
 def page(browser):
+    """A fresh browser page; the test fails if any page it opened violated the Content-Security-Policy."""
     context = browser.new_context()
+    violations: list[dict] = []
+    context.expose_function("reportCspViolation", lambda violation: violations.append(violation))
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = context.new_page()
+    page.csp_violations = violations
     page.set_default_timeout(10_000)
     yield page
     context.close()
+    assert violations == [], f"Content-Security-Policy violations: {violations}"
 
 
 @pytest.fixture

@@ -234,11 +234,13 @@ def test_ps_lists_the_models_generations_loaded(fake, client):
     client.post("/api/chat", json={**CHAT, "stream": False})
     client.post("/api/generate", json={"model": "llama3.2:1b", "keep_alive": "10m"})  # load only
     running = client.get("/api/ps").json()["models"]
-    assert [m["name"] for m in running] == ["qwen2.5:7b", "llama3.2:1b"]
-    assert list(running[0]) == ["name", "model", "size", "digest", "details", "expires_at", "size_vram"]
+    assert [m["name"] for m in running] == ["llama3.2:1b", "qwen2.5:7b"]  # longest time left first, as PsHandler
+    assert list(running[0]) == ["name", "model", "size", "digest", "details", "expires_at", "size_vram",
+                                "context_length"]
     assert running[0]["details"]["format"] == "gguf" and running[0]["size_vram"] == running[0]["size"]
+    assert running[0]["context_length"] == 4096
     left = [(datetime.fromisoformat(m["expires_at"]) - datetime.now(timezone.utc)).total_seconds() for m in running]
-    assert 200 < left[0] <= 300 and 500 < left[1] <= 600
+    assert 500 < left[0] <= 600 and 200 < left[1] <= 300
     client.post("/api/generate", json={"model": "llama3.2:1b", "keep_alive": 0})  # unload
     assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["qwen2.5:7b"]
     fake.reset()

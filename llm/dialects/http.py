@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from gateway_project import request_body
+from gateway_project.conditions import Conditions
 from gateway_project.middleware import annotate_request_log
 from llm import api_keys, services
+from llm.errors import NotImplementedHere
+
+logger = logging.getLogger("llm.dialects")
+# Endpoints of the dialects that the gateway answers 501: an operator learns once per process that clients want one.
+NOT_SERVED = Conditions(logger, "not_implemented")
 
 
 def caller_of(request, *, basic: bool = False) -> services.Caller:
@@ -21,16 +30,33 @@ def annotate_consumer(request, caller: services.Caller) -> None:
     annotate_request_log(request, consumer=key.consumer.name if key else None)
 
 
-def read_body(request, limit: int) -> tuple[bytes, int]:
-    """The body, unless its declared size is over the limit: then it is not read at all."""
+def read_body(request, limit: int) -> tuple[bytes, int, bool]:
+    """The body, its size and whether it timed out; over the limit, the body is b"" and the size over the limit.
+
+    The gateway's ASGI handler has already refused a body it did not read (request.unread_body). Otherwise the body
+    is read here to one byte past the limit at most: never through request.body, whose DATA_UPLOAD_MAX_MEMORY_SIZE
+    check would answer a chat body over 2.5 MiB with a generic 400.
+    """
+    unread = getattr(request, "unread_body", None)
+    if unread is not None:
+        return b"", unread.size, unread.reason == request_body.TIMED_OUT
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
     if declared > limit:
-        return b"", declared
-    body = request.body
-    return body, len(body)
+        return b"", declared, False
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return b"", len(body), False
+    return body, len(body), False
+
+
+def not_served(request, message: str) -> NotImplementedHere:
+    """The 501 for one of the dialect's endpoints the gateway does not serve yet (its path is one of the URLconf's)."""
+    NOT_SERVED[request.path].occurred(f"a client asked for {request.path}, which the gateway does not serve yet "
+                                      "(501); further requests for it are not logged", path=request.path)
+    return NotImplementedHere(message)
 
 
 def server_timing(timing: services.Timing) -> str:
@@ -42,10 +68,10 @@ def server_timing(timing: services.Timing) -> str:
 
 async def generate(request, *, caller: services.Caller, door: services.FrontDoor):
     """services.generate for an HTTP request through `door`; the consumer annotated on the log line either way."""
-    body, body_size = read_body(request, door.max_body_bytes)
+    body, body_size, body_timed_out = read_body(request, door.max_body_bytes)
     try:
         return await services.generate(
-            request_id=request.request_id, body=body, body_size=body_size,
+            request_id=request.request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
             content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller,
             door=door)
     finally:

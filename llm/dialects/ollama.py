@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, NotImplementedHere
+from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, PayloadTooLarge, annotate_error
 from llm.models import Generation
 from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -80,14 +80,8 @@ async def show(request):
     """POST /api/show: a model the consumer may use; 404 for any other, as for a model that is missing."""
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        data = None
-    name = (data.get("model") or data.get("name")) if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name:
-        return _error(request, 400, "model is required", "invalid_request")
-    return await _listing(request, "POST", lambda caller: listings.show(caller, name))
+    body, size, _ = http.read_body(request, settings.API_MAX_BODY_BYTES)
+    return await _listing(request, "POST", lambda caller: listings.show(caller, lambda: _model_to_show(body, size)))
 
 
 @csrf_exempt
@@ -132,12 +126,38 @@ async def model_management(request, digest: str = ""):
 
 @csrf_exempt
 async def embeddings(request):
-    return error_response(request, NotImplementedHere(
-        "Embeddings are not available through the gateway yet: only /api/chat, /api/generate and the model "
-        "listings are."))
+    return error_response(request, http.not_served(
+        request, "Embeddings are not available through the gateway yet: only /api/chat, /api/generate and the model "
+                 "listings are."))
 
 
 # -- request ----------------------------------------------------------------------------------------------------------
+
+
+def _model_to_show(body: bytes, size: int) -> str:
+    """The model /api/show asks for (`model`, or the older `name`); PayloadTooLarge or InvalidRequest otherwise.
+
+    The body is bounded, and only its top level is read: however deep it nests within the bound, nothing walks it.
+    """
+    limit = settings.API_MAX_BODY_BYTES
+    if size > limit:
+        raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes")
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        # ValueError covers invalid UTF-8; RecursionError, arrays or objects nested thousands of levels deep.
+        raise InvalidRequest("the request body is not valid JSON (or is nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise invalid("body", "the request body must be a JSON object")
+    name = data.get("model") or data.get("name")
+    if name in (None, ""):
+        raise invalid("model", "model is required")
+    # A model name is ASCII (which also keeps out a lone surrogate, which no database or HTTP body can carry).
+    problem = model_name_problem(name)
+    if problem:
+        raise invalid("model", f"model: {problem}")
+    return name
+
 
 
 def parse_chat(data) -> NeutralRequest:
@@ -236,7 +256,7 @@ async def _lines(request, streaming: services.Streaming, as_chat: bool):
             yield _line({**_piece(row, event.text, as_chat), "done": False})
             continue
         if event.error is not None:
-            annotate_request_log(request, error_type=event.error.type)
+            annotate_error(request, event.error)
             # The `ollama` clients raise ResponseError from a line holding `error`: the stream's last line.
             yield _line({"error": event.error.message})
             return
@@ -281,6 +301,7 @@ def _line(obj) -> bytes:
 
 
 def error_response(request, exc: GatewayError) -> JsonResponse:
+    annotate_error(request, exc)
     return _error(request, exc.status, exc.message, exc.type, headers=exc.headers)
 
 

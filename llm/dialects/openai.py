@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
-from llm.errors import GatewayError, InvalidRequest, NotImplementedHere
+from llm.errors import GatewayError, InvalidRequest, annotate_error
 from llm.models import Generation
 from llm.request_rules import (JSON, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
                                output_schema_problem)
@@ -51,7 +51,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
                429: "rate_limit_error", 501: "invalid_request_error"}
 # Worth the SDK's own retry: the gateway did not try (yet), and another moment or process may answer.
-RETRY_MAY_HELP = {"rate_limited", "auth_throttled", "upstream_busy", "shutting_down", "audit_unavailable"}
+RETRY_MAY_HELP = {"rate_limited", "auth_throttled", "upstream_busy", "shutting_down", "audit_unavailable",
+                  "request_timeout"}
 
 
 @csrf_exempt  # an API key authenticates, not a session cookie
@@ -113,8 +114,9 @@ async def _listed(request) -> list[dict] | HttpResponse:
 
 @csrf_exempt
 async def embeddings(request):
-    return error_response(request, NotImplementedHere(
-        "Embeddings are not available through the gateway yet: only chat completions and model listings are."))
+    return error_response(request, http.not_served(
+        request, "Embeddings are not available through the gateway yet: only chat completions and model listings "
+                 "are."))
 
 
 @csrf_exempt
@@ -301,7 +303,7 @@ async def _events(request, streaming: services.Streaming, include_usage: bool):
             yield chunk({"content": event.text})
             continue
         if event.error is not None:
-            annotate_request_log(request, error_type=event.error.type)
+            annotate_error(request, event.error)
             # The SDK raises APIError from an event whose data holds `error`: the stream's one error event.
             yield _sse(_error_body(event.error.status, event.error.message, code=event.error.type))
             return
@@ -364,6 +366,7 @@ def error_response(request, exc: GatewayError) -> JsonResponse:
         # The gateway already retried upstream, or the request itself is wrong: the SDK's retries would only
         # multiply the gateway's.
         headers["x-should-retry"] = "false"
+    annotate_error(request, exc)
     return _error(request, exc.status, exc.message, code=exc.type, param=param, headers=headers)
 
 

@@ -157,7 +157,9 @@ OPENAI_ERRORS = {
     403: _error("model_not_allowed (the consumer may not use this model) or raw_prompts_not_allowed (its keys "
                 "may use prompt templates only)."),
     404: _error("model_not_found: the model is not on the Ollama server."),
-    413: _error("payload_too_large: the body is over CHAT_MAX_BODY_BYTES (1 MiB by default)."),
+    408: _error("request_timeout: the body did not arrive within REQUEST_BODY_TIMEOUT (30 s by default)."),
+    413: _error("payload_too_large: the body is over CHAT_MAX_BODY_BYTES (1 MiB by default); refused before it is "
+                "read."),
     415: _error("unsupported_media_type: the body must be application/json."),
     429: _error("rate_limited: the consumer's generations per minute are used up; or auth_throttled: this client "
                 "address sent more than FAILED_KEYS_PER_MINUTE missing or wrong keys this minute, so no key is "

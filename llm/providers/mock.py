@@ -7,6 +7,10 @@ import hashlib
 import json
 import time
 
+from referencing.jsonschema import DRAFT202012
+
+from llm.output_schema import schema_resolver
+
 from .base import GenerationRequest, ProviderReply
 
 # The mock streams its reply in this many pieces, spread over its delay.
@@ -121,45 +125,117 @@ def _reply(request: GenerationRequest, content: str, started: float) -> Provider
     )
 
 
-def schema_instance(schema: dict, label: str, name: str = "", *, echo: str = ""):
-    """A small deterministic value that satisfies a JSON Schema of the kinds templates use.
+# The most a mock reply holds, whatever its schema demands: values, characters of text, levels. A schema may ask for
+# more (minItems up to output_schema.MAX_MINIMUM at every level): the mock stops there, and the gateway's check of
+# the reply says what falls short.
+MOCK_MAX_VALUES = 1_000
+MOCK_MAX_TEXT = 256 * 1024  # a payload is at most 64 KiB, and a few strings echo it whole
+MOCK_MAX_DEPTH = 32
 
-    Covers const, enum, anyOf/oneOf (first branch), objects (every property), arrays (minItems, at least one
-    item, distinct), strings (min/maxLength), numbers (minimum/maximum), booleans and null. Other keywords
-    (pattern, $ref, ...) are not attempted: the gateway validates the reply and says so if it misses.
-    Strings read "[label] name: echo", cut to their maxLength.
+
+def schema_instance(schema: dict, label: str, name: str = "", *, echo: str = ""):
+    """A small deterministic value that satisfies a JSON Schema of the kinds templates use, within the mock's bounds.
+
+    Covers const, enum, anyOf/oneOf/allOf (first branch), objects (every property), arrays (minItems, at least one
+    item, distinct), strings (min/maxLength), numbers (minimum/maximum), booleans, null, and refs inside the schema
+    (a recursive one is followed once more with only what is required). Other keywords (pattern, ...) are not
+    attempted: the gateway validates the reply and says so if it misses. Strings read "[label] name: echo", cut to
+    their maxLength.
     """
     if not isinstance(schema, dict):
         return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for combinator in ("anyOf", "oneOf", "allOf"):
-        if schema.get(combinator):
-            return schema_instance(schema[combinator][0], label, name, echo=echo)
-    kind = schema.get("type", "object" if "properties" in schema else "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        return {key: schema_instance(sub, label, f"{name} {key}".strip(), echo=echo)
-                for key, sub in schema.get("properties", {}).items()}
-    if kind == "array":
-        count = max(schema.get("minItems", 1), 1)
-        count = min(count, schema.get("maxItems", count))
-        items = schema.get("items", {})
-        # The index comes before the echo, so that items stay distinct when maxLength cuts them.
-        return [schema_instance(items, label, f"{name} {index + 1}", echo=echo) for index in range(count)]
-    if kind == "string":
-        text = f"[{label}] {name or 'value'}" + (f": {echo}" if echo else "")
-        low, high = schema.get("minLength", 0), schema.get("maxLength")
-        text = text.ljust(low, ".")
-        return text[:high] if high is not None else text
-    if kind in ("integer", "number"):
-        value = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
-        if "maximum" in schema:
-            value = min(value, schema["maximum"])
-        return int(value) if kind == "integer" else value
-    if kind == "boolean":
-        return True
-    return None
+    return _MockValue(label, echo).build(schema, name, schema_resolver(schema), 0, frozenset())
+
+
+class _MockValue:
+    """One mock reply being built: what it may still hold."""
+
+    def __init__(self, label: str, echo: str):
+        self.label, self.echo = label, echo
+        self.values_left, self.text_left = MOCK_MAX_VALUES, MOCK_MAX_TEXT
+
+    def build(self, schema, name: str, resolver, depth: int, following: frozenset, *, minimal: bool = False):
+        self.values_left -= 1
+        if not isinstance(schema, dict) or self.values_left < 0 or depth > MOCK_MAX_DEPTH:
+            return None
+        if "$id" in schema and depth:
+            resolver = _in_subresource(resolver, schema)
+        ref = schema.get("$ref", schema.get("$dynamicRef"))
+        if isinstance(ref, str):
+            try:
+                resolved = resolver.lookup(ref)
+            except Exception:  # noqa: BLE001 - a ref the schema check would refuse: the mock leaves it out
+                resolved = None
+            if resolved is not None:
+                target = id(resolved.contents)
+                return self.build(resolved.contents, name, resolved.resolver, depth + 1, following | {target},
+                                  minimal=minimal or target in following)
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][0]
+        for combinator in ("anyOf", "oneOf", "allOf"):
+            if isinstance(schema.get(combinator), list) and schema[combinator]:
+                return self.build(schema[combinator][0], name, resolver, depth + 1, following, minimal=minimal)
+        kind = schema.get("type", "object" if "properties" in schema else "string")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object":
+            properties = schema.get("properties")
+            properties = properties if isinstance(properties, dict) else {}
+            if minimal:
+                # A recursive ref followed again: only what is required, so that the recursion ends.
+                required = schema.get("required") if isinstance(schema.get("required"), list) else []
+                properties = {key: sub for key, sub in properties.items() if key in required}
+            value = {}
+            for key, sub in properties.items():
+                if self.values_left <= 0:
+                    break
+                value[key] = self.build(sub, f"{name} {key}".strip(), resolver, depth + 1, following,
+                                        minimal=minimal)
+            return value
+        if kind == "array":
+            low = _count(schema.get("minItems"), 0)
+            count = low if minimal else max(low, 1)
+            count = min(count, _count(schema.get("maxItems"), count), max(self.values_left, 0))
+            items = schema.get("items", {})
+            # The index comes before the echo, so that items stay distinct when maxLength cuts them.
+            return [self.build(items, f"{name} {index + 1}", resolver, depth + 1, following,
+                               minimal=minimal) for index in range(count)]
+        if kind == "string":
+            prefix = f"[{self.label}] {name or 'value'}"
+            text = prefix + (f": {self.echo}" if self.echo else "")
+            if len(text) > self.text_left:
+                text = text[:max(self.text_left, len(prefix))]  # the echo goes first, the name stays
+            low, high = _count(schema.get("minLength"), 0), schema.get("maxLength")
+            text = text.ljust(min(low, max(self.text_left, len(text))), ".")
+            text = text[:high] if isinstance(high, int) and not isinstance(high, bool) else text
+            self.text_left -= len(text)
+            return text
+        if kind in ("integer", "number"):
+            value = schema.get("minimum")
+            if not _is_number(value):
+                above = schema.get("exclusiveMinimum")
+                value = above + 1 if _is_number(above) else 0
+            if _is_number(schema.get("maximum")):
+                value = min(value, schema["maximum"])
+            return int(value) if kind == "integer" else value
+        if kind == "boolean":
+            return True
+        return None
+
+
+def _count(value, default: int) -> int:
+    """A count a schema gives (minItems, maxLength, ...), or the default when it gives none that makes sense."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_subresource(resolver, schema: dict):
+    try:
+        return resolver.in_subresource(DRAFT202012.create_resource(schema))
+    except Exception:  # noqa: BLE001 - an $id the schema check would refuse
+        return resolver

@@ -1,4 +1,9 @@
-"""Ollama over HTTP (POST /api/chat): the wire protocol and the mapping of its failures to gateway errors."""
+"""Ollama over HTTP (POST /api/chat): the wire protocol and the mapping of its failures to gateway errors.
+
+Each error has two messages: the client's names "Ollama" and what went wrong, never the server's address nor what
+it answered (an error text or a page may quote internal paths and hosts); the staff message, for the audit row
+and the log, adds both.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Callable
 
 import httpx
 
+from gateway_project.conditions import Conditions
 from gateway_project.redaction import mask_url
 from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
                         UpstreamUnavailable)
@@ -25,6 +31,8 @@ logger = logging.getLogger("llm.providers")
 # OLLAMA_TIMEOUT, and trying again would make the client wait that long once more.
 RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                             httpx.WriteError, httpx.PoolTimeout)
+# What says the server (or the way to it) is in trouble, as opposed to a request it refused or a model it lacks.
+SERVER_FAILURES = ("upstream_unavailable", "upstream_timeout", "upstream_error")
 # Busy (429) or failing (5xx): worth another try. Other 4xx say the request itself is wrong: never retried.
 RETRIED_STATUS_MIN = 500
 TOO_MANY_REQUESTS = 429
@@ -80,6 +88,10 @@ class OllamaProvider:
                  retry_backoff: float = 0.5):
         self.base_url = base_url.rstrip("/")
         self.shown_url = mask_url(self.base_url)
+        # How staff messages name the server; clients only ever read "Ollama".
+        self.where = f"Ollama at {self.shown_url}"
+        # The server failing (by error type) is logged when it begins and when it is over, not per request.
+        self.failing = Conditions(logger, f"ollama {self.shown_url}")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_retries = max_retries
@@ -112,6 +124,49 @@ class OllamaProvider:
         )
 
     async def generate(self, request: GenerationRequest) -> ProviderReply:
+        try:
+            reply = await self._generate(request)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return reply
+
+    async def stream(self, request: GenerationRequest) -> OllamaStream:
+        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+        try:
+            stream = await self._stream(request)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return stream
+
+    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
+
+        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
+        """
+        try:
+            data = await self._catalog(method, path, body)
+        except GatewayError as exc:
+            self.note_failure(exc)
+            raise
+        self.note_answer()
+        return data
+
+    def note_failure(self, exc: GatewayError) -> None:
+        """A failure of the server's (not of a request or a missing model): logged once, until it is over."""
+        if exc.type in SERVER_FAILURES:
+            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {exc.staff_message}",
+                                            base_url=self.shown_url)
+
+    def note_answer(self) -> None:
+        for condition in self.failing.all():
+            condition.cleared(f"Ollama answers again ({condition.name.rsplit(':', 1)[-1]} is over)",
+                              base_url=self.shown_url)
+
+    async def _generate(self, request: GenerationRequest) -> ProviderReply:
         started = time.perf_counter()
         response, attempts, _ = await self._send(_chat_body(request, stream=False), stream=False)
         try:
@@ -129,8 +184,7 @@ class OllamaProvider:
             durations=_durations(reply),
         )
 
-    async def stream(self, request: GenerationRequest) -> OllamaStream:
-        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+    async def _stream(self, request: GenerationRequest) -> OllamaStream:
         started = time.perf_counter()
         response, attempts, release = await self._send(_chat_body(request, stream=True), stream=True)
         stream = OllamaStream(self, response, request.model, started, attempts, release)
@@ -147,12 +201,8 @@ class OllamaProvider:
             raise
         return stream
 
-    async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
-
-        ModelNotFound for Ollama's 404 (/api/show of a model it lacks); the transport's errors as for a generation.
-        """
-        where = f"Ollama at {self.shown_url}"
+    async def _catalog(self, method: str, path: str, body: dict | None = None) -> dict:
+        where = self.where
         client, release = self._shards().lease()
         try:
             response = await client.request(method, path, json=body)
@@ -165,9 +215,12 @@ class OllamaProvider:
         except ValueError:
             data = None
         if response.status_code == 404 and body is not None:
-            raise ModelNotFound(f"Model {body.get('model')!r} is not available on {where}.")
+            raise ModelNotFound(f"Model {body.get('model')!r} not found.",
+                                staff_message=f"Model {body.get('model')!r} is not available on {where}.")
         if response.status_code != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
+            raise UpstreamError(
+                f"Ollama answered {path} with HTTP {response.status_code}.",
+                staff_message=f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
         return data
 
     async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int, Callable[[], None]]:
@@ -218,43 +271,57 @@ class OllamaProvider:
         await asyncio.sleep(delay)
 
     def transport_error(self, exc: httpx.TransportError, *, mid_stream: bool = False) -> GatewayError:
-        where = f"Ollama at {self.shown_url}"
+        where, reason = self.where, _reason(exc)
         if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamUnavailable(f"No connection to {where} within {self.connect_timeout:g}s.")
+            return UpstreamUnavailable(f"No connection to Ollama within {self.connect_timeout:g}s.",
+                                       staff_message=f"No connection to {where} within {self.connect_timeout:g}s.")
         if isinstance(exc, httpx.ConnectError):
-            return UpstreamUnavailable(f"Cannot connect to {where}: {_reason(exc)}.")
+            return UpstreamUnavailable("Cannot connect to Ollama.",
+                                       staff_message=f"Cannot connect to {where}: {reason}.")
         if isinstance(exc, httpx.PoolTimeout):
-            return UpstreamUnavailable(f"No pooled connection to {where} became free within {self.connect_timeout:g}s.")
+            waited = f"became free within {self.connect_timeout:g}s"
+            return UpstreamUnavailable(f"No pooled connection to Ollama {waited}.",
+                                       staff_message=f"No pooled connection to {where} {waited}.")
         if isinstance(exc, httpx.TimeoutException):
             if mid_stream:
-                return UpstreamTimeout(f"{where} sent nothing for {self.timeout:g}s mid-stream (OLLAMA_TIMEOUT).")
-            return UpstreamTimeout(f"{where} did not reply within {self.timeout:g}s (OLLAMA_TIMEOUT).")
-        return UpstreamError(f"The connection to {where} broke off mid-reply: {_reason(exc)}.")
+                late = f"sent nothing for {self.timeout:g}s mid-stream (OLLAMA_TIMEOUT)"
+            else:
+                late = f"did not reply within {self.timeout:g}s (OLLAMA_TIMEOUT)"
+            return UpstreamTimeout(f"Ollama {late}.", staff_message=f"{where} {late}.")
+        return UpstreamError("The connection to Ollama broke off mid-reply.",
+                             staff_message=f"The connection to {where} broke off mid-reply: {reason}.")
 
     def _parse(self, response: httpx.Response, model: str) -> dict:
-        where = f"Ollama at {self.shown_url}"
+        where, status = self.where, response.status_code
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             data = None
         error = data.get("error") if isinstance(data, dict) else None
-        if response.status_code == 404 and isinstance(error, str) and "not found" in error:
-            raise ModelNotFound(
-                f"Model {model!r} is not available on {where} ({error}). Pull it there with: ollama pull {model}"
-            )
-        if response.status_code == 400 and isinstance(error, str):
-            raise InvalidRequest(f"{where} rejected the request: {error}")
+        if status == 404 and isinstance(error, str) and "not found" in error:
+            pull = f"Pull it there with: ollama pull {model}"
+            raise ModelNotFound(f"Model {model!r} is not available on Ollama. {pull}",
+                                staff_message=f"Model {model!r} is not available on {where} ({error}). {pull}")
+        if status == 400 and isinstance(error, str):
+            raise InvalidRequest("Ollama rejected the request; its reason is in the gateway's audit log.",
+                                 staff_message=f"{where} rejected the request: {error}")
         # Ollama answers 500 with its error when the model cannot load or its runner dies; 503 is a full queue.
-        if response.status_code == 500 and isinstance(error, str):
-            raise ModelFailed(f"{where} could not run model {model!r}: HTTP {response.status_code}: {error}")
-        if response.status_code != 200:
+        # Its error text may name files on the server (a model blob's path), so the client gets none of it.
+        if status == 500 and isinstance(error, str):
+            raise ModelFailed(f"Ollama could not run model {model!r} (HTTP 500).",
+                              staff_message=f"{where} could not run model {model!r}: HTTP {status}: {error}")
+        if status != 200:
             detail = error if isinstance(error, str) else _excerpt(response.text)
-            if response.status_code == TOO_MANY_REQUESTS:
-                raise UpstreamUnavailable(f"{where} is busy (HTTP 429): {detail}")
-            raise UpstreamError(f"{where} answered HTTP {response.status_code}: {detail}")
+            if status == TOO_MANY_REQUESTS:
+                raise UpstreamUnavailable("Ollama is busy (HTTP 429).",
+                                          staff_message=f"{where} is busy (HTTP 429): {detail}")
+            raise UpstreamError(f"Ollama answered HTTP {status}.",
+                                staff_message=f"{where} answered HTTP {status}: {detail}")
         message = data.get("message") if isinstance(data, dict) else None
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise UpstreamError(f"{where} sent a reply that is not Ollama's chat JSON: {_excerpt(response.text)}")
+            raise UpstreamError("Ollama sent a reply that is not Ollama's chat JSON.",
+                                staff_message=f"{where} sent a reply that is not Ollama's chat JSON: "
+                                              f"{_excerpt(response.text)}")
         return data
 
 
@@ -286,7 +353,11 @@ class OllamaStream:
 
     async def __aiter__(self):
         while not self._done:
-            piece = await self._next_piece(before_first=False)
+            try:
+                piece = await self._next_piece(before_first=False)
+            except GatewayError as exc:
+                self.provider.note_failure(exc)
+                raise
             if piece:
                 yield piece
 
@@ -299,12 +370,13 @@ class OllamaStream:
             release()
 
     async def _next_piece(self, *, before_first: bool) -> str:
-        where = f"Ollama at {self.provider.shown_url}"
+        where = self.provider.where
         try:
             line = await anext(self._lines)
         except StopAsyncIteration:
             self._done = True
-            raise UpstreamError(f"The stream from {where} ended before its final chunk.") from None
+            raise UpstreamError("The stream from Ollama ended before its final chunk.",
+                                staff_message=f"The stream from {where} ended before its final chunk.") from None
         except httpx.TransportError as exc:
             self._done = True
             raise self.provider.transport_error(exc, mid_stream=not before_first) from None
@@ -316,13 +388,17 @@ class OllamaStream:
             chunk = None
         if not isinstance(chunk, dict):
             self._done = True
-            raise UpstreamError(f"{where} sent a stream line that is not Ollama's chat JSON: {_excerpt(line)}")
+            raise UpstreamError("Ollama sent a stream line that is not Ollama's chat JSON.",
+                                staff_message=f"{where} sent a stream line that is not Ollama's chat JSON: "
+                                              f"{_excerpt(line)}")
         if "error" in chunk:
             self._done = True
-            error = chunk["error"] if isinstance(chunk["error"], str) else json.dumps(chunk["error"])
+            error = _excerpt(chunk["error"] if isinstance(chunk["error"], str) else json.dumps(chunk["error"]), 500)
             if before_first:
-                raise ModelFailed(f"{where} could not run model {self.model!r}: {error}")
-            raise UpstreamError(f"{where} reported an error mid-stream: {error}")
+                raise ModelFailed(f"Ollama could not run model {self.model!r}.",
+                                  staff_message=f"{where} could not run model {self.model!r}: {error}")
+            raise UpstreamError("Ollama reported an error mid-stream.",
+                                staff_message=f"{where} reported an error mid-stream: {error}")
         message = chunk.get("message")
         piece = message.get("content") if isinstance(message, dict) else None
         piece = piece if isinstance(piece, str) else ""
@@ -371,6 +447,7 @@ def _with_attempts(error: GatewayError, attempts: int) -> GatewayError:
     error.attempts = attempts
     if attempts > 1 and "attempts)" not in error.message:
         error.message += f" ({attempts} attempts)"
+        error.staff_message += f" ({attempts} attempts)"
     return error
 
 

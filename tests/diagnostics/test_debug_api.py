@@ -11,6 +11,7 @@ pytestmark = pytest.mark.django_db
 SETTINGS_URL = "/api/v1/debug/settings"
 OLLAMA_URL = "/api/v1/debug/ollama"
 GENERATE_URL = "/api/v1/debug/ollama/generate"
+JSON = "application/json"
 
 
 @pytest.fixture(autouse=True)
@@ -28,17 +29,21 @@ def staff(staff_user):
     return basic("operator", "correct-horse-battery")
 
 
-@pytest.mark.parametrize("url", [SETTINGS_URL, OLLAMA_URL, GENERATE_URL])
-def test_anonymous_callers_get_401_with_a_basic_challenge(client, url):
-    response = client.get(url)
+ENDPOINTS = [("get", SETTINGS_URL), ("post", OLLAMA_URL), ("post", GENERATE_URL)]
+
+
+@pytest.mark.parametrize("method, url", ENDPOINTS)
+def test_anonymous_callers_get_401_with_a_basic_challenge(client, method, url):
+    response = getattr(client, method)(url, content_type=JSON)
     assert_error(response, 401, "not_authenticated")
     assert response["WWW-Authenticate"].startswith("Basic")
 
 
-@pytest.mark.parametrize("url", [SETTINGS_URL, OLLAMA_URL, GENERATE_URL])
-def test_users_who_are_not_staff_get_403(client, django_user_model, url):
+@pytest.mark.parametrize("method, url", ENDPOINTS)
+def test_users_who_are_not_staff_get_403(client, django_user_model, method, url):
     django_user_model.objects.create_user("visitor", password="correct-horse-battery")
-    assert_error(client.get(url, **basic("visitor", "correct-horse-battery")), 403, "permission_denied")
+    response = getattr(client, method)(url, content_type=JSON, **basic("visitor", "correct-horse-battery"))
+    assert_error(response, 403, "permission_denied")
 
 
 def test_a_wrong_password_gets_401(client, staff_user):
@@ -72,7 +77,7 @@ def test_the_session_of_a_staff_member_logged_in_to_the_admin_is_enough(client, 
 
 
 def test_ollama_check_report_with_the_seed_fields(client, staff, staff_user, ollama):
-    response = client.get(OLLAMA_URL, **staff)
+    response = client.post(OLLAMA_URL, content_type=JSON, **staff)
 
     assert response.status_code == 200
     body = response.json()
@@ -87,7 +92,7 @@ def test_ollama_check_report_with_the_seed_fields(client, staff, staff_user, oll
 
 def test_a_failed_check_is_reported_with_its_cause_as_the_error(client, staff, ollama, settings, refused_url):
     settings.OLLAMA_BASE_URL = refused_url
-    body = client.get(OLLAMA_URL, **staff).json()
+    body = client.post(OLLAMA_URL, content_type=JSON, **staff).json()
     assert body["success"] is False
     assert body["error"]["type"] == "connection_refused"
     assert body["error"]["message"].startswith("Nothing listens at")
@@ -96,20 +101,61 @@ def test_a_failed_check_is_reported_with_its_cause_as_the_error(client, staff, o
 
 def test_generate_runs_a_test_generation(client, staff, ollama):
     ollama.reply = "ready"
-    body = client.get(GENERATE_URL + "?model=llama3.2:1b", **staff).json()
+    body = client.post(GENERATE_URL + "?model=llama3.2:1b", content_type=JSON, **staff).json()
     assert body["success"] is True
     assert body["generation"]["reply"] == "ready" and body["generation"]["length"] == 5
     assert ConnectionCheck.objects.get().generation is True
 
 
 def test_a_timeout_that_is_not_a_number_is_a_400(client, staff, ollama):
-    error = assert_error(client.get(OLLAMA_URL + "?timeout=soon", **staff), 400, "invalid_request")
+    error = assert_error(client.post(OLLAMA_URL + "?timeout=soon", content_type=JSON, **staff), 400, "invalid_request")
     assert "timeout" in error["details"]
     assert ConnectionCheck.objects.count() == 0
 
 
-def test_only_get_is_allowed(client, staff, ollama):
-    assert_error(client.post(OLLAMA_URL, **staff), 405, "method_not_allowed")
+@pytest.mark.parametrize("url", [OLLAMA_URL, GENERATE_URL])
+def test_a_check_is_an_action_so_get_runs_nothing(client, staff, staff_user, ollama, url):
+    # A link or an image on another site would send a GET with the staff member's cookie.
+    client.force_login(staff_user)
+    for extra in ({}, staff):
+        error = assert_error(client.get(url, **extra), 405, "method_not_allowed")
+        assert "use POST" in error["message"]
+    assert ConnectionCheck.objects.count() == 0 and not ollama.requests
+
+
+def test_options_may_come_as_a_json_body(client, staff, ollama):
+    ollama.reply = "ready"
+    body = client.post(GENERATE_URL, {"model": "llama3.2:1b", "timeout": 3}, content_type="application/json",
+                       **staff).json()
+    assert body["model"] == "llama3.2:1b" and body["success"] is True
+
+
+@pytest.mark.parametrize("url", [OLLAMA_URL, GENERATE_URL])
+def test_a_session_needs_the_csrf_token(staff_user, ollama, url):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(staff_user)
+    browser.get("/admin/")  # the admin sets the CSRF cookie, as a staff member's browser has it
+    token = browser.cookies["csrftoken"].value
+
+    assert_error(browser.post(url, content_type=JSON), 403, "permission_denied")
+    assert ConnectionCheck.objects.count() == 0
+    assert browser.post(url, content_type=JSON, HTTP_X_CSRFTOKEN=token).status_code == 200
+    assert ConnectionCheck.objects.count() == 1
+
+
+def test_basic_auth_needs_no_csrf_token_but_no_other_site_may_send_it(staff, ollama):
+    from django.test import Client
+
+    script = Client(enforce_csrf_checks=True)
+    assert script.post(OLLAMA_URL, content_type=JSON, **staff).status_code == 200
+    # A browser that cached the Basic credentials attaches them to a form another site posts.
+    error = assert_error(script.post(OLLAMA_URL, content_type=JSON, HTTP_SEC_FETCH_SITE="cross-site", **staff), 403,
+                         "permission_denied")
+    assert "another site" in error["message"]
+    assert script.post(OLLAMA_URL, content_type=JSON, HTTP_SEC_FETCH_SITE="same-origin", **staff).status_code == 200
+    assert ConnectionCheck.objects.count() == 2
 
 
 def test_invalid_settings_are_listed_as_check_ollama_lists_them(client, staff, gateway_env, ollama):
@@ -118,7 +164,7 @@ def test_invalid_settings_are_listed_as_check_ollama_lists_them(client, staff, g
                 strict=False)
 
     listed = client.get(SETTINGS_URL, **staff).json()
-    checked = client.get(OLLAMA_URL, **staff).json()
+    checked = client.post(OLLAMA_URL, content_type=JSON, **staff).json()
 
     assert [(e["code"], e["setting"], e["value"], e["source"]) for e in listed["invalid_settings"]] == [
         ("invalid_setting", "OLLAMA_TIMEOUT", "soon", "env_file"),

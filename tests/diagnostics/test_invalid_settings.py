@@ -42,10 +42,13 @@ WRONG_VALUES = {
     "GENERATION_DEADLINE": "0",
     "UPSTREAM_MAX_IN_FLIGHT": "-1",
     "UPSTREAM_QUEUE_TIMEOUT": "forever",
+    "DEFAULT_MAX_CONCURRENT": "unlimited",
     "GRACEFUL_TIMEOUT": "-5",
     "DATABASE_POOL_SIZE": "0",
     "AUDIT_RETENTION_DAYS": "90d",
     "CHAT_MAX_BODY_BYTES": "1MiB",
+    "REQUEST_HEADER_TIMEOUT": "0",
+    "REQUEST_BODY_TIMEOUT": "30s",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
     "FAILED_KEYS_PER_MINUTE": "30/min",
@@ -175,3 +178,33 @@ def test_the_run_is_recorded_unless_the_database_url_is_the_invalid_one(start_en
     assert "! This run was not recorded in the check history: DATABASE_URL is invalid." in not_recorded.stdout
     with sqlite3.connect(tmp_path / "gateway.db") as db:
         assert db.execute("SELECT cause FROM diagnostics_connectioncheck").fetchall() == [("invalid_setting",)]
+
+
+# A URL with credentials and a port that cannot be: the parsers and the masking must both cope with it.
+BAD_PORT_WITH_CREDENTIALS = {
+    "OLLAMA_BASE_URL": f"http://ops:{PLANTED_SECRET}@ollama-box:99999",
+    "COMFYUI_BASE_URL": f"http://ops:{PLANTED_SECRET}@comfy-box:port",
+    "DATABASE_URL": f"postgres://gateway:{PLANTED_SECRET}@db:99999/gateway",
+    "CACHE_URL": f"redis://:{PLANTED_SECRET}@cache:99999/0",
+}
+
+
+@pytest.mark.parametrize("name", BAD_PORT_WITH_CREDENTIALS)
+def test_a_url_with_credentials_and_a_bad_port_is_an_invalid_setting_not_a_traceback(start_env, name):
+    env = {**start_env, name: BAD_PORT_WITH_CREDENTIALS[name]}
+
+    refused = manage("check", env=env)
+    checked = manage("check_ollama", "--json", env=env)
+    text = manage("check_ollama", env=env)
+
+    assert refused.returncode == 1 and refused.stderr.startswith(f"Configuration error: {name}"), refused.stderr
+    report = json.loads(checked.stdout)
+    assert checked.returncode == text.returncode == 1
+    assert (report["cause"]["code"], report["cause"]["setting"]) == ("invalid_setting", name)
+    assert "not a URL (Port" in report["cause"]["message"]
+    # Shown masked, never as written: the password is nowhere, whatever else is wrong with the URL.
+    assert "********@" in report["cause"]["value"]
+    assert f"  Cause: {name}=" in text.stdout and "FAILED: invalid_setting" in text.stdout
+    for output in (refused, checked, text):
+        assert "Traceback" not in output.stderr
+        assert PLANTED_SECRET not in output.stdout + output.stderr

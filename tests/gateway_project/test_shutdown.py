@@ -93,6 +93,9 @@ def test_sigterm_drains_then_ends_what_is_left_with_errors_and_completed_rows(tm
     assert stream_status == 200 and stream_lines[0]["delta"], text
     assert stream_lines[-1]["done"] is True and stream_lines[-1]["error"]["type"] == "shutting_down", text
     assert 2 <= took < 15, text
+    # A shutdown is expected: one warning says the grace period is over, no error per generation it ended.
+    assert '"level": "ERROR"' not in text, text
+    assert text.count("grace period over: ending generations in flight") == 1, text
 
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT status, error_type, http_status, stream FROM llm_generation").fetchall()

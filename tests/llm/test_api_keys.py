@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -185,13 +186,27 @@ def test_create_api_key_sets_and_lifts_the_concurrency_cap():
     lines = run_create_api_key("batch-jobs", "--max-concurrent", "3")
 
     assert Consumer.objects.get(name="batch-jobs").max_concurrent == 3
-    assert any("At most 3 generations in flight" in line for line in lines)
-    run_create_api_key("batch-jobs", "--max-concurrent", "0")
+    assert any("At most 3 generations in flight" in line and "(max_concurrent)" in line for line in lines)
+    lines = run_create_api_key("batch-jobs", "--max-concurrent", "0")
+    assert Consumer.objects.get(name="batch-jobs").max_concurrent == 0
+    assert any("No cap on generations in flight" in line for line in lines)
+    lines = run_create_api_key("batch-jobs", "--max-concurrent", "default")
     assert Consumer.objects.get(name="batch-jobs").max_concurrent is None
+    assert any("At most 16 generations in flight" in line and "(DEFAULT_MAX_CONCURRENT)" in line for line in lines)
+
+
+def test_a_new_consumer_gets_the_default_concurrency_cap(settings):
+    settings.DEFAULT_MAX_CONCURRENT = 5
+
+    lines = run_create_api_key("new-team")
+
+    assert Consumer.objects.get(name="new-team").max_concurrent is None
+    assert any("At most 5 generations in flight" in line for line in lines)
 
 
 @pytest.mark.parametrize("args", [("",), ("x" * 101,), ("crm", "--expires-in-days", "0"),
-                                  ("crm", "--rate-limit", "-1"), ("crm", "--max-concurrent", "-2")])
+                                  ("crm", "--rate-limit", "-1"), ("crm", "--max-concurrent", "-2"),
+                                  ("crm", "--max-concurrent", "lots")])
 def test_create_api_key_refuses_bad_arguments(args):
     with pytest.raises(CommandError):
         call_command("create_api_key", *args)
@@ -227,6 +242,24 @@ def test_admin_creates_a_key_and_shows_it_once(admin_client_, consumer, generate
     assert generate(valid_request, key=raw).status_code == 200
 
 
+def test_admin_shows_each_consumers_concurrency_cap_and_takes_0_and_empty(admin_client_, consumer, settings):
+    settings.DEFAULT_MAX_CONCURRENT = 16
+    Consumer.objects.create(name="batch-jobs", max_concurrent=3)
+    Consumer.objects.create(name="trusted", max_concurrent=0)
+
+    listing = admin_client_.get(reverse("admin:llm_consumer_changelist")).content.decode()
+    form = admin_client_.get(reverse("admin:llm_consumer_change", args=[consumer.pk])).content.decode()
+    admin_client_.post(reverse("admin:llm_consumer_change", args=[consumer.pk]), {
+        "name": consumer.name, "is_active": "on", "rate_limit_per_minute": "", "max_concurrent": "0",
+        "allowed_models": "", "api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0"})
+
+    cells = {name: re.search(rf'>{name}</a></th>.*?<td class="field-concurrency_cap">(.*?)</td>', listing,
+                             re.S).group(1) for name in ("test-team", "batch-jobs", "trusted")}
+    assert cells == {"test-team": "16 (default)", "batch-jobs": "3", "trusted": "no cap"}
+    assert "empty: the global DEFAULT_MAX_CONCURRENT; 0: no cap." in form
+    assert Consumer.objects.get(pk=consumer.pk).max_concurrent == 0
+
+
 def test_admin_revoke_action(admin_client_, consumer, generate, valid_request):
     key, raw = api_keys.issue_key(consumer)
 
@@ -252,12 +285,12 @@ def test_admin_filters_generations_by_consumer(admin_client_, consumer, generate
 # -- an API key opens the generation API and nothing else ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["/api/v1/debug/settings", "/api/v1/debug/ollama"])
+@pytest.mark.parametrize("method, url", [("get", "/api/v1/debug/settings"), ("post", "/api/v1/debug/ollama")])
 @pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"])
-def test_an_api_key_does_not_open_the_debug_endpoints(client, api_key, ollama, url, header):
+def test_an_api_key_does_not_open_the_debug_endpoints(client, api_key, ollama, method, url, header):
     value = f"Bearer {api_key}" if header == "HTTP_AUTHORIZATION" else api_key
 
-    response = client.get(url, **{header: value})
+    response = getattr(client, method)(url, content_type="application/json", **{header: value})
 
     assert response.status_code in (401, 403), response.content
     assert response.json()["error"]["type"] in ("not_authenticated", "authentication_failed", "permission_denied")

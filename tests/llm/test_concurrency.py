@@ -33,6 +33,7 @@ def test_200_requests_from_20_threads_with_faults_each_answered_and_audited_once
                                                                                  shipped_templates):
     settings.OLLAMA_MAX_RETRIES = 2
     settings.RATE_LIMIT_WINDOW_SECONDS = LONG_WINDOW  # no window boundary in mid-test
+    settings.DEFAULT_MAX_CONCURRENT = 0  # 20 threads of one consumer: its rate limit is what is tested here
     main_key = api_keys.issue_key(Consumer.objects.create(name="main", rate_limit_per_minute=0))[1]
     limited = Consumer.objects.create(name="limited", rate_limit_per_minute=LIMITED_CONSUMER_LIMIT)
     limited_key = api_keys.issue_key(limited)[1]

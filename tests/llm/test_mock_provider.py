@@ -1,13 +1,14 @@
 """The mock provider's content: deterministic, valid against the template's schema, and echoing the payload."""
 
 import json
+import tracemalloc
 
 import pytest
 from jsonschema import Draft202012Validator
 
 from llm.models import PromptTemplateVersion
 from llm.providers.base import GenerationRequest
-from llm.providers.mock import mock_content, payload_text
+from llm.providers.mock import MOCK_MAX_TEXT, mock_content, payload_text
 
 SNS_PAYLOAD = {"product": "Green tea", "tone": "calm"}
 
@@ -100,3 +101,58 @@ def test_text_and_schemaless_json_carry_the_payload_too(mode, schema):
     assert "Green tea" in content and "calm" in content
     if mode == "json":
         assert json.loads(content)["payload"] == SNS_PAYLOAD
+
+
+# -- bounds: whatever the schema asks (a template saved before the checks, or a direct call) ----------------------
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"tags": {"type": "array", "minItems": 1_000_000}}},
+    {"type": "object", "properties": {"text": {"type": "string", "minLength": 50_000_000}}},
+    {"type": "object", "properties": {"grid": {"type": "array", "minItems": 1_000, "items": {
+        "type": "array", "minItems": 100, "items": {"type": "string", "minLength": 100}}}}},
+], ids=["a million items", "50 million characters", "1,000 x 100 x 100 characters"])
+def test_the_mock_builds_no_more_than_its_bounds(schema):
+    tracemalloc.start()
+    try:
+        content = mock_content(request(output_schema=schema))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 8 * MOCK_MAX_TEXT, f"{peak / 1024:.0f} KiB"
+    assert len(content) < MOCK_MAX_TEXT + 100 * 1024
+
+
+def test_the_mock_follows_recursive_refs_and_ends():
+    endless = {"type": "object", "required": ["self"], "properties": {"self": {"$ref": "#"}}}
+    threes = {"type": "object", "$defs": {"node": {"type": "object", "required": ["kids"], "properties": {
+        "kids": {"type": "array", "minItems": 3, "items": {"$ref": "#/$defs/node"}}}}},
+        "properties": {"root": {"$ref": "#/$defs/node"}}}
+
+    nested = json.loads(mock_content(request(output_schema=endless)))
+    tree = json.loads(mock_content(request(output_schema=threes)))
+
+    # No finite value satisfies either: the mock goes as deep as its bounds allow, then stops.
+    depth = 0
+    while isinstance(nested, dict) and "self" in nested:
+        nested, depth = nested["self"], depth + 1
+    assert 10 < depth <= 40
+    assert len(tree["root"]["kids"]) == 3 and len(tree["root"]["kids"][0]["kids"]) == 3
+    assert len(json.dumps(tree)) < 200 * 1024
+
+
+def test_the_mock_follows_refs_inside_the_schema_as_pydantic_writes_them():
+    schema = {"$defs": {"Item": {"type": "object", "title": "Item", "required": ["name", "qty"], "properties": {
+        "name": {"type": "string", "maxLength": 20}, "qty": {"type": "integer", "minimum": 1}}},
+        "Comment": {"type": "object", "required": ["text"], "properties": {
+            "text": {"type": "string"}, "replies": {"type": "array", "items": {"$ref": "#/$defs/Comment"}}}}},
+        "type": "object", "title": "Order", "required": ["items", "note"], "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "minItems": 2},
+            "note": {"$ref": "#/$defs/Comment"}}}
+
+    output = json.loads(mock_content(request(output_schema=schema)))
+
+    Draft202012Validator(schema).validate(output)
+    assert output["items"][0] == {"name": "[mock] items 1 name:", "qty": 1}
+    assert output["note"]["replies"] == [{"text": "[mock] note replies 1 text: Green tea, calm"}]

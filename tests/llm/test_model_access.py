@@ -139,3 +139,25 @@ def test_create_api_key_refuses_a_bad_model_name(db):
 
     with pytest.raises(CommandError, match="--models"):
         call_command("create_api_key", "scoped", "--models", "bad name!")
+
+
+def test_native_403_names_no_model_outside_the_list(generate, valid_request, consumer, make_template):
+    make_template("analyst", "private", model="secret-finetune:70b", fallback_models=["other:13b"], mode="text")
+    limit(["mistral:7b"])
+
+    error = assert_error(generate({"role": "analyst", "task": "private", "payload": {"word": "hi"}}), 403,
+                         "model_not_allowed")
+
+    assert "secret-finetune" not in str(error) and "other:13b" not in str(error)
+    assert "mistral:7b" in error["message"]  # its own list
+
+
+def test_native_400_for_a_model_the_template_does_not_allow_lists_only_the_consumers(generate, valid_request,
+                                                                                     consumer):
+    limit(["llama3.2:3b", "mistral:7b"])
+
+    error = assert_error(generate({**valid_request, "model": "mistral:7b"}), 400, "invalid_request")
+
+    # copywriter/sns allows qwen2.5:7b, llama3.2:3b and llama3.2:1b; this consumer may use only llama3.2:3b of them.
+    assert "Allowed: llama3.2:3b; or name no model to use llama3.2:3b" in error["message"]
+    assert "qwen2.5" not in str(error) and "llama3.2:1b" not in str(error)

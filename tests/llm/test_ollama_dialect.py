@@ -173,9 +173,9 @@ def test_an_error_after_the_stream_started_is_one_error_line(gateway, ollama):
     with pytest.raises(ollama_client.ResponseError) as raised:
         list(client(gateway).chat(model="qwen2.5:7b", messages=HELLO, stream=True))
 
-    assert "runner died" in raised.value.error
+    assert raised.value.error == "Ollama reported an error mid-stream."
     row = only_row()
-    assert (row.status, row.error_type) == ("failed", "upstream_error")
+    assert (row.status, row.error_type) == ("failed", "upstream_error") and "runner died" in row.error_message
 
 
 @pytest.mark.parametrize("call", [
@@ -193,3 +193,37 @@ def test_embeddings_are_not_implemented(gateway):
     with pytest.raises(ollama_client.ResponseError) as raised:
         client(gateway).embed(model="qwen2.5:7b", input="hi")
     assert raised.value.status_code == 501
+
+
+# Deep enough to exhaust the JSON parser's recursion, small enough for the path's body limit (16 KiB).
+NESTED = b'{"model": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+SURROGATE = b'{"model": "qwen\\ud800"}'
+
+
+@pytest.mark.parametrize("body", [NESTED, SURROGATE, b"\xff\xfe not utf-8", b"[1, 2]"],
+                         ids=["nested", "surrogate", "not-utf8", "not-an-object"])
+def test_show_checks_the_key_before_it_reads_the_body(gateway, body):
+    with httpx.Client(base_url=gateway.url, trust_env=False) as h:
+        response = h.post("/api/show", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 401 and isinstance(response.json()["error"], str)
+
+
+@pytest.mark.parametrize("body, says", [
+    (NESTED, "not valid JSON"), (SURROGATE, "model: Must be an Ollama model name"),
+    (b"\xff\xfe not utf-8", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
+    (b'{"model": 7}', "model: Must be a model name"), (b"{}", "model is required"),
+], ids=["nested", "surrogate", "not-utf8", "not-an-object", "not-a-string", "missing"])
+def test_show_answers_a_bad_body_400_in_ollamas_shape(gateway, body, says):
+    with httpx.Client(base_url=gateway.url, trust_env=False, headers={"Authorization": f"Bearer {gateway.key}"}) as h:
+        response = h.post("/api/show", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"} and says in response.json()["error"]
+
+
+def test_show_refuses_a_body_over_the_limit(gateway):
+    with httpx.Client(base_url=gateway.url, trust_env=False, headers={"Authorization": f"Bearer {gateway.key}"}) as h:
+        response = h.post("/api/show", content=b'{"model": "' + b"a" * 70_000 + b'"}')
+
+    assert response.status_code == 413 and "limit of 16384 bytes" in response.json()["error"]

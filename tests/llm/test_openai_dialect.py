@@ -264,9 +264,10 @@ def test_an_error_after_the_stream_started_is_one_error_event(gateway, ollama):
     with pytest.raises(openai.APIError) as raised:
         list(sdk(gateway).chat.completions.create(model="qwen2.5:7b", messages=HELLO, stream=True))
 
-    assert "runner died" in raised.value.message
+    assert "error mid-stream" in raised.value.message and "runner died" not in raised.value.message
     row = only_row()
     assert (row.status, row.error_type, row.http_status) == ("failed", "upstream_error", 200)
+    assert "runner died" in row.error_message
 
 
 def test_embeddings_are_not_implemented(gateway):

@@ -174,27 +174,34 @@ def test_a_redis_counter_expires_with_its_window(generate, valid_request, consum
     assert LONG_WINDOW < client.ttl(keys[0]) <= LONG_WINDOW + 5
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-def test_an_unreachable_cache_lets_requests_through_and_says_so(generate, valid_request, settings, refused_url):
+def test_an_unreachable_cache_lets_requests_through_and_says_so_once(generate, valid_request, settings,
+                                                                      refused_url, caplog):
     port = refused_url.rsplit(":", 1)[1]
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": f"redis://127.0.0.1:{port}/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
-    handler = Records()
-    logging.getLogger("llm.rate_limits").addHandler(handler)
-    try:
-        statuses = [generate(valid_request).status_code for _ in range(5)]  # the limit is 3
-    finally:
-        logging.getLogger("llm.rate_limits").removeHandler(handler)
+    down = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                        "LOCATION": f"redis://127.0.0.1:{port}/0",
+                        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    up = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    caplog.set_level(logging.INFO, logger="llm.rate_limits")
+
+    settings.CACHES = down
+    statuses = [generate(valid_request).status_code for _ in range(5)]  # the limit is 3
+    outage = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "llm.rate_limits"]
+    caplog.clear()
+    settings.CACHES = up
+    generate(valid_request)
+    generate(valid_request)
+    recovery = [r for r in caplog.records if r.name == "llm.rate_limits"]
+    caplog.clear()
+    settings.CACHES = down
+    generate(valid_request)
+    generate(valid_request)
+    again = [r for r in caplog.records if r.name == "llm.rate_limits"]
 
     assert statuses == [200] * 5
-    assert [r.getMessage() for r in handler.records] == ["rate limit not enforced: the cache is unavailable"] * 5
-    assert handler.records[0].consumer == "test-team"
+    # One warning for the outage, not an error per request; one line when it is over; again if it recurs.
+    assert outage == [("WARNING", "rate limits not enforced: the cache is unavailable; requests are let through "
+                                  "until it answers")]
+    assert [(r.levelname, r.getMessage(), r.occurrences) for r in recovery] == [
+        ("INFO", "rate limits enforced again: the cache answers", 5)]
+    assert [r.levelname for r in again] == ["WARNING"] and again[0].consumer == "test-team"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -7,7 +7,7 @@ import logging
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from gateway_project.redaction import MASK
+from gateway_project.redaction import MASK, mask_url
 from llm.models import Generation
 
 pytestmark = pytest.mark.django_db
@@ -117,3 +117,17 @@ def test_logs_never_contain_an_api_key(generate, valid_request, api_key, ollama,
     assert '"consumer": "test-team"' in text  # who called is logged; with which key is not
     for secret in (api_key, api_key.split("_", 2)[2], wrong_key, "wrong-key-that-must-not-be-logged"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgres://app:hunter2@db:5432/gateway", "postgres://app:********@db:5432/gateway"),
+    ("http://ops:hunter2@ollama-box:99999", "http://ops:********@ollama-box:99999"),  # a port out of range
+    ("http://ops:hunter2@ollama-box:port", "http://ops:********@ollama-box:port"),  # a port that is no number
+    ("http://ops:hun@ter2@[::1]:11434/x?y=1", "http://ops:********@[::1]:11434/x?y=1"),  # "@" in the password
+    ("redis://:hunter2@cache:6379/0", "redis://:********@cache:6379/0"),
+    ("http://ops@ollama-box:11434", "http://ops@ollama-box:11434"),  # a user name alone is no secret
+    ("http://ollama-box:11434", "http://ollama-box:11434"),
+    ("http://[::1", "********"),  # not a URL at all
+])
+def test_mask_url_hides_the_password_of_any_url(url, shown):
+    assert mask_url(url) == shown

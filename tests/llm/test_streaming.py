@@ -217,6 +217,7 @@ def test_200_concurrent_streams_leave_one_completed_row_each(gateway, ollama, va
     import asyncio
 
     consumer.rate_limit_per_minute = 0
+    consumer.max_concurrent = 0  # 200 at once from one consumer: no cap in the way
     consumer.save()
     ollama.reply = SNS_REPLY
     ollama.fault("slow", paths="/api/chat", delay=0.2, chunk_delay=0.01)
@@ -286,6 +287,33 @@ def test_a_consumer_at_its_concurrency_cap_gets_429(gateway, ollama, consumer, v
     # The slot is given back: the next one goes through.
     with gateway.client() as client:
         assert client.post(GENERATE_URL, json=valid_request).status_code == 200
+
+
+def test_a_consumer_without_a_cap_of_its_own_has_the_default_one(gateway, ollama, consumer, valid_request, settings):
+    settings.DEFAULT_MAX_CONCURRENT = 2
+    settings.RATE_LIMIT_PER_MINUTE = 0
+    ollama.reply = SNS_REPLY
+    ollama.fault("slow", paths="/api/chat", delay=1)
+
+    answers = concurrently(gateway, [valid_request] * 3)
+
+    assert sorted(a.status_code for a in answers) == [200, 200, 429]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert "DEFAULT_MAX_CONCURRENT=2" in refused.json()["error"]["message"]
+    assert len([r for r in ollama.requests if r.path == "/api/chat"]) == 2
+
+
+def test_a_consumer_with_a_cap_of_0_has_none(gateway, ollama, consumer, valid_request, settings):
+    settings.DEFAULT_MAX_CONCURRENT = 1
+    settings.RATE_LIMIT_PER_MINUTE = 0
+    consumer.max_concurrent = 0
+    consumer.save()
+    ollama.reply = SNS_REPLY
+    ollama.fault("slow", paths="/api/chat", delay=1)
+
+    answers = concurrently(gateway, [valid_request] * 3)
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
 
 
 def test_the_generation_deadline_covers_retries_and_answers_504(gateway, ollama, settings, valid_request):

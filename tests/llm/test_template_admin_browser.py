@@ -62,3 +62,21 @@ def test_preview_edit_and_trace_a_template(admin_login, editor, site, shipped_te
     page.get_by_role("link", name="copywriter/sns v2").click()
     expect(page.locator("#content")).to_contain_text("A {tone} post about {product} for {audience}.")
     expect(page.locator("#content")).to_contain_text("operator")
+
+
+def test_an_output_schema_with_an_external_ref_is_refused_on_its_field(admin_login, editor, site, shipped_templates,
+                                                                        tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"description": "SECRET-IN-A-FILE"}')
+    page = admin_login()
+    page.goto(f"{site.url}/admin/llm/prompttemplate/")
+    page.locator("#result_list tr", has_text="sns").locator("th a").click()
+
+    page.fill("#id_output_schema", '{"type": "object", "properties": {"caption": {"$ref": "%s"}}}' % secret.as_uri())
+    page.click("input[name=_continue]")
+
+    problem = page.locator(".field-output_schema .errorlist")
+    expect(problem).to_contain_text(f"The $ref '{secret.as_uri()}' at $.properties.caption.$ref refers outside "
+                                    "the output schema")
+    expect(page.locator("body")).not_to_contain_text("SECRET-IN-A-FILE")
+    assert PromptTemplate.objects.get(role="copywriter", task="sns").versions.count() == 1

@@ -76,3 +76,28 @@ def test_it_takes_the_same_api_key_as_generate(client, shipped_templates):
 
 def test_other_methods_are_405_in_the_error_shape(client, api_key):
     assert_error(client.post(URL, {}, HTTP_AUTHORIZATION=f"Bearer {api_key}"), 405, "method_not_allowed")
+
+
+def test_a_consumer_limited_to_some_models_sees_only_those(get, consumer, make_template):
+    consumer.allowed_models = ["llama3.2:1b"]
+    consumer.save()
+    make_template("analyst", "private", model="secret-finetune:70b", fallback_models=["other:13b"])
+
+    body = get().json()
+
+    # The shipped templates allow llama3.2:1b when named; the analyst's template has nothing for this consumer.
+    assert body["roles"] == {"copywriter": ["ad_headline", "product_description", "sns"],
+                             "marketer": ["campaign_brief"]}
+    for template in body["templates"]:
+        assert template["models"] == [] and template["allowed_models"] == ["llama3.2:1b"]
+    text = str(body)
+    assert "secret-finetune" not in text and "qwen2.5" not in text and "llama3.2:3b" not in text
+
+
+def test_a_consumer_limited_to_a_chain_model_sees_it_as_the_chain(get, consumer):
+    consumer.allowed_models = ["llama3.2:3b"]
+    consumer.save()
+
+    sns = by_key(get().json())[("copywriter", "sns")]
+
+    assert sns["models"] == ["llama3.2:3b"] and sns["allowed_models"] == ["llama3.2:3b"]

@@ -1,14 +1,31 @@
 """manage.py create_api_key NAME: issue an API key for a consumer (created if new); the key is the last line."""
 
+import argparse
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from llm import api_keys
+from llm import admission, api_keys
 from llm.models import Consumer
 from llm.request_rules import model_name_problem
+
+
+DEFAULT = "default"
+
+
+def _cap(value: str):
+    """--max-concurrent: a whole number, 0 or more, or 'default'."""
+    if value.strip().lower() == DEFAULT:
+        return DEFAULT
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no cap), a positive number, or 'default'")
+    return number
 
 
 class Command(BaseCommand):
@@ -20,9 +37,9 @@ class Command(BaseCommand):
                             help="refuse the key after this many days (default: never)")
         parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
                             help="set the consumer's own generations per minute (0: unlimited)")
-        parser.add_argument("--max-concurrent", type=int, metavar="N",
+        parser.add_argument("--max-concurrent", type=_cap, metavar="N",
                             help="generations the consumer may have in flight at once, per gateway process "
-                                 "(0 lifts the cap)")
+                                 "(0: no cap; 'default': DEFAULT_MAX_CONCURRENT, as for a new consumer)")
         parser.add_argument("--models", metavar="A,B",
                             help="limit the consumer to these models (comma-separated; '' lifts the limit)")
         parser.add_argument("--templates-only", action="store_true",
@@ -38,8 +55,6 @@ class Command(BaseCommand):
             raise CommandError("--expires-in-days must be at least 1.")
         if rate_limit is not None and rate_limit < 0:
             raise CommandError("--rate-limit must be 0 (unlimited) or more.")
-        if max_concurrent is not None and max_concurrent < 0:
-            raise CommandError("--max-concurrent must be 0 (no cap) or more.")
         if models is not None:
             for model in (m.strip() for m in models.split(",") if m.strip()):
                 problem = model_name_problem(model)
@@ -52,7 +67,7 @@ class Command(BaseCommand):
                 consumer.rate_limit_per_minute = rate_limit
                 consumer.save(update_fields=["rate_limit_per_minute"])
             if max_concurrent is not None:
-                consumer.max_concurrent = max_concurrent or None
+                consumer.max_concurrent = None if max_concurrent == DEFAULT else max_concurrent
                 consumer.save(update_fields=["max_concurrent"])
             if models is not None:
                 consumer.allowed_models = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
@@ -66,8 +81,11 @@ class Command(BaseCommand):
         self.stdout.write(f"{'Created consumer' if created else 'Consumer'} {name!r}; "
                           f"new API key gw_{key.prefix}… "
                           + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
-        if consumer.max_concurrent:
-            self.stdout.write(f"At most {consumer.max_concurrent} generations in flight at once, per gateway process.")
+        cap, named = admission.concurrency_cap(consumer)
+        if cap:
+            self.stdout.write(f"At most {cap} generations in flight at once, per gateway process ({named}).")
+        else:
+            self.stdout.write(f"No cap on generations in flight at once ({named}=0).")
         if consumer.allowed_models:
             self.stdout.write(f"Models it may use: {', '.join(consumer.allowed_models)}.")
         if consumer.templates_only:

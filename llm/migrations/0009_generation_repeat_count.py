@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llm', '0007_dialects'),
+        ('llm', '0008_consumer_max_concurrent_default'),
     ]
 
     operations = [
