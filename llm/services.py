@@ -27,10 +27,10 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, metrics, model_access, rate_limits
-from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
-                        NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout, ShuttingDown,
-                        UnsupportedMediaType, UpstreamTimeout)
+from llm import admission, api_keys, audit_spool, failed_keys, metrics, model_access, rate_limits
+from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
+                        InvalidRequest, NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
+                        ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
 from llm.output_schema import checked_output
 from llm.prompts import MissingPlaceholders
@@ -147,11 +147,17 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     try:
         try:
             begun = await asyncio.shield(begin)
+        except AuthThrottled as exc:
+            await _count_throttled(exc, started)
+            raise
         except asyncio.CancelledError:
             # The client left while the step ran: it runs to its end all the same (a step dropped before it
             # started would leave no row at all), and the row it wrote is completed as the client's leaving.
             try:
                 row = (await begin)[0]
+            except AuthThrottled as exc:
+                await _count_throttled(exc, started)
+                raise asyncio.CancelledError from None
             except GatewayError:
                 raise asyncio.CancelledError from None  # its row is complete: the refusal
             _release_consumer(row)
@@ -212,6 +218,11 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         if not handed_over:
             _release_consumer(row)
             counted.__exit__()
+
+
+async def _count_throttled(exc: AuthThrottled, started: float) -> None:
+    """A request refused before its key was read: counted in the one row of its address and minute."""
+    await failed_keys.record(exc.row, exc, latency_ms=_elapsed_ms(started))
 
 
 async def _ask(route: Route, provider, request: GenerationRequest):
@@ -438,6 +449,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
+        except AuthThrottled as exc:
+            exc.row = row  # not written here: generate() counts it in its address's row (llm.failed_keys)
+            raise
         except GatewayError as exc:
             if isinstance(exc, AuditUnavailable) and caller.api_key is None and not row.api_key_prefix:
                 # The key could not be looked up: its prefix still tells whose attempt this was.
@@ -481,12 +495,14 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
 
 
 def _authenticate(caller: Caller) -> None:
-    """Verify the key presented: caller.api_key, or caller.refusal saying why not (AuditUnavailable if unreadable)."""
-    if caller.refusal is None and caller.presented_key is not None:
-        try:
-            caller.api_key = api_keys.verify(caller.presented_key)
-        except api_keys.KeyRefused as refusal:
-            caller.refusal = refusal
+    """Verify the key presented: caller.api_key, or caller.refusal saying why not (AuditUnavailable if unreadable).
+
+    AuthThrottled, before any key is read, for an address past FAILED_KEYS_PER_MINUTE refusals (llm.failed_keys).
+    """
+    try:
+        caller.api_key = api_keys.check(caller.presented_key, refusal=caller.refusal, client_ip=caller.client_ip)
+    except NotAuthenticated as refusal:
+        caller.refusal = refusal
 
 
 def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
