@@ -1,10 +1,39 @@
 """The gateway's admin site: Django's, plus pages that are not models listed in their app's section of the index."""
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import ValidationError
+
+from gateway_project.passwords import PasswordCheckRefused
+
+
+class ThrottledLoginForm(AdminAuthenticationForm):
+    """The admin's login form; a password the backend would not check yet is a form error saying when to retry."""
+
+    refused: PasswordCheckRefused | None = None
+
+    def clean(self):
+        try:
+            return super().clean()
+        except PasswordCheckRefused as refused:
+            self.refused = refused
+            raise ValidationError(refused.message, code=refused.type) from None
 
 
 class GatewayAdminSite(admin.AdminSite):
+    login_form = ThrottledLoginForm
+
+    def login(self, request, extra_context=None):
+        """Django's login page; answered 429 or 503 with Retry-After when the password was not checked."""
+        response = super().login(request, extra_context)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        refused = getattr(form, "refused", None)
+        if refused is not None:
+            response.status_code = refused.status
+            response["Retry-After"] = str(refused.retry_after)
+            response._has_been_logged = True  # expected under a flood, not an error (see PasswordCheckRefused)
+        return response
 
     def get_app_list(self, request, app_label=None):
         """The index (and app index): a ModelAdmin's `index_pages(request)` join its app's section."""

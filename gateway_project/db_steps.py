@@ -41,10 +41,11 @@ def _run_step(fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     finally:
-        _release_connections()
+        release_connections()
 
 
-def _release_connections() -> None:
+def release_connections() -> None:
+    """Give this thread's pooled connections back (and drop failed ones); also before a sync view waits long."""
     for connection in connections.all(initialized_only=True):
         if connection.in_atomic_block:
             continue  # a test's transaction: never ended by a step

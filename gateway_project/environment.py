@@ -292,6 +292,13 @@ SPECS: tuple[SettingSpec, ...] = (
                      "(audited on the generation endpoints)"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
+    SettingSpec("FAILED_KEYS_PER_MINUTE", "30", _integer(0, 1_000_000),
+                help="missing or wrong API keys a client address may present per minute; past it the address is "
+                     "answered 429 before any key is checked, its refusals counted in one audit row a minute; "
+                     "0: no limit"),
+    SettingSpec("PASSWORD_FAILURE_MAX_DELAY", "300", _integer(1, 86_400),
+                help="longest wait, in seconds, a client address or a user name is given after failed passwords "
+                     "(Basic auth, admin login); the wait doubles with each failure after the first five"),
     SettingSpec("REDACT_KEYS", "password,secret,token,api_key,authorization", _word_list,
                 help="payload keys whose values are masked before they are stored or sent to a model"),
     SettingSpec("AUDIT_RETENTION_DAYS", "90", _integer(0, 100 * 365),

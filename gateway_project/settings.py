@@ -68,6 +68,8 @@ REQUEST_BODY_TIMEOUT = env["REQUEST_BODY_TIMEOUT"]
 RATE_LIMIT_PER_MINUTE = env["RATE_LIMIT_PER_MINUTE"]
 # The counting window; only tests shorten or lengthen it.
 RATE_LIMIT_WINDOW_SECONDS = 60
+FAILED_KEYS_PER_MINUTE = env["FAILED_KEYS_PER_MINUTE"]
+PASSWORD_FAILURE_MAX_DELAY = env["PASSWORD_FAILURE_MAX_DELAY"]
 REDACT_KEYS = env["REDACT_KEYS"]
 AUDIT_RETENTION_DAYS = env["AUDIT_RETENTION_DAYS"]
 # Outcomes the database could not take, kept until it can (llm.audit_spool): files under this directory up to
@@ -208,6 +210,10 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Every Django password (admin login, Basic auth) is checked through this one backend: one slow hash at a time per
+# process, failures delayed per address and user name, successes remembered for a minute.
+AUTHENTICATION_BACKENDS = ["gateway_project.passwords.ThrottledPasswordBackend"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -233,6 +239,9 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "llm.errors.api_exception_handler",
+    # Basic auth (a password check) only where a view asks for it: the debug API and /metrics. The schema and the
+    # docs are public and have no use for a password.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 

@@ -465,7 +465,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     paginator = CappedPaginator
     list_per_page = 50
     fieldsets = (
-        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at", "worker")}),
+        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at", "worker", "repeat_count")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
                                 "template_version_link", "mode", "provider", "model", "stream", "end_user",
                                 "client_ip", "user_agent", "request_bytes", "request_json")}),
@@ -504,7 +504,12 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     @admin.display(description="Error type")
     def error(self, obj):
         # Error types are snake_case: let them wrap after an underscore, like the task after its slash.
-        return format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in obj.error_type.split("_"))) or "—"
+        shown = format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in obj.error_type.split("_"))) or "—"
+        if obj.repeat_count > 1:
+            # The refusals of one address in one minute, counted in one row (llm.failed_keys).
+            return format_html('{} <span class="repeat-count" title="requests this row counts">×{}</span>',
+                               shown, obj.repeat_count)
+        return shown
 
     @admin.display(description="Latency", ordering="latency_ms")
     def latency(self, obj):

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError
 from django.utils import timezone
 
+from llm import failed_keys
 from llm.errors import AuditUnavailable, AuthenticationFailed, NotAuthenticated
 from llm.models import ApiKey, Consumer
 
@@ -130,6 +131,24 @@ def verify(raw: str) -> ApiKey:
             logger.warning("last_used_at not recorded", extra={"api_key_prefix": key.prefix, "error": str(exc)})
         key.last_used_at = now
     return key
+
+
+def check(presented: str | None, *, refusal: NotAuthenticated | None = None, client_ip: str | None) -> ApiKey:
+    """The active key presented, for every door that takes one; else raise why not, counted against the address.
+
+    `refusal` is why what was presented is no key at all (presented_key's KeyRefused). Past FAILED_KEYS_PER_MINUTE
+    refusals from the address in a minute, AuthThrottled is raised before any key is looked up.
+    """
+    failed_keys.refuse_if_throttled(client_ip)
+    try:
+        if refusal is not None:
+            raise refusal
+        if presented is None:
+            raise missing_key()
+        return verify(presented)
+    except NotAuthenticated:
+        failed_keys.count_refusal(client_ip)
+        raise
 
 
 def missing_key() -> NotAuthenticated:

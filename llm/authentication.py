@@ -23,10 +23,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         try:
-            raw = api_keys.presented_key(request.META)
-            if raw is None:
-                return None
-            key = api_keys.verify(raw)
+            raw, refusal = api_keys.presented_key(request.META), None
+        except api_keys.KeyRefused as exc:
+            raw, refusal = None, exc
+        if raw is None and refusal is None:
+            return None
+        try:
+            # Counted against the client's address like a generation's key (llm.failed_keys).
+            key = api_keys.check(raw, refusal=refusal, client_ip=request.META.get("REMOTE_ADDR"))
         except api_keys.KeyRefused as refusal:
             raise ApiKeyRefused(refusal) from None
         return key.consumer, key

@@ -14,6 +14,7 @@ from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 
 from gateway_project.middleware import annotate_request_log
+from gateway_project.passwords import PasswordCheckRefused
 from rest_framework.response import Response
 
 logger = logging.getLogger("llm.errors")
@@ -60,6 +61,24 @@ class AuthenticationFailed(NotAuthenticated):
 
 class RateLimited(GatewayError):
     type, status = "rate_limited", 429
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, details={"retry_after": retry_after})
+
+
+class AuthThrottled(GatewayError):
+    """Too many failed authentications from this client address (or for this user name): nothing was checked."""
+
+    type, status = "auth_throttled", 429
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)}, details={"retry_after": retry_after})
+
+
+class AuthBusy(GatewayError):
+    """This process is already checking as many passwords as it checks at once: nothing was checked."""
+
+    type, status = "auth_busy", 503
 
     def __init__(self, message: str, *, retry_after: int):
         super().__init__(message, headers={"Retry-After": str(retry_after)}, details={"retry_after": retry_after})
@@ -167,6 +186,11 @@ def api_exception_handler(exc, context):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, PasswordCheckRefused):
+        response = api_exception_handler(
+            (AuthThrottled if exc.status == 429 else AuthBusy)(exc.message, retry_after=exc.retry_after), context)
+        response._has_been_logged = True  # expected under a flood: gateway_project.passwords.BUSY says it once
+        return response
     if isinstance(exc, GatewayError):
         annotate_error(request, exc)
         body = error_body(type=exc.type, message=exc.message, request_id=request_id, details=exc.details)

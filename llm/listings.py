@@ -85,11 +85,7 @@ def _within_num_ctx_max(shown: dict) -> dict:
 
 def _authenticated(caller) -> tuple[Consumer, list[str] | None]:
     """The caller's consumer (NotAuthenticated or KeyRefused if none) and, in mock mode, the mock's models."""
-    if caller.refusal is not None:
-        raise caller.refusal
-    if caller.presented_key is None:
-        raise api_keys.missing_key()
-    caller.api_key = api_keys.verify(caller.presented_key)
+    caller.api_key = api_keys.check(caller.presented_key, refusal=caller.refusal, client_ip=caller.client_ip)
     mock_names = selectors.template_model_names() if settings.GENERATOR_MODE != "live" else None
     return caller.api_key.consumer, mock_names
 

@@ -369,6 +369,11 @@ class Generation(models.Model):
         max_length=100, blank=True,
         help_text="The gateway process that ran it (host:pid:token): gunicorn's master marks its pending rows "
                   "worker_lost when that process dies.")
+    # db_default too: a process still running the previous release inserts rows without this column.
+    repeat_count = models.PositiveIntegerField(
+        default=1, db_default=1,
+        help_text="Requests this row stands for: 1, except for the refusals of a client address past "
+                  "FAILED_KEYS_PER_MINUTE, counted in one row per address and minute.")
 
     class Meta:
         ordering = ["-created_at"]

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from diagnostics.models import ConnectionCheck
-from llm import audit_spool, usage
+from llm import audit_spool, failed_keys, usage
 from llm.models import Generation, ToolSet, UsageRollupState
 
 # Beyond GENERATION_DEADLINE, after which the request path answers 504: the final audit UPDATE after that
@@ -32,8 +32,11 @@ ABANDONED_MESSAGE = ("No outcome was recorded: the process serving this request 
 
 
 def longest_request() -> timedelta:
-    """The longest a request can legitimately stay pending: older pending rows belong to a process that died."""
-    return timedelta(seconds=settings.GENERATION_DEADLINE) + DEADLINE_MARGIN
+    """The longest a row can legitimately change: older pending rows belong to a process that died.
+
+    The row of a client address's throttled requests (llm.failed_keys) counts them for a whole minute.
+    """
+    return timedelta(seconds=max(settings.GENERATION_DEADLINE, failed_keys.WINDOW_SECONDS)) + DEADLINE_MARGIN
 
 
 def stale_pending(now: datetime):

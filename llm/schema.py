@@ -51,8 +51,10 @@ ERROR_RESPONSES = {
                 "payload_too_large", "The request body is over the limit of 65536 bytes (64 KiB)."),
     415: _error("unsupported_media_type: the body must be application/json.", "unsupported_media_type",
                 "Content-Type must be application/json, not 'text/plain'."),
-    429: _error("rate_limited: the consumer's generations per minute are used up; `Retry-After` says for how many "
-                "seconds.", "rate_limited", "Rate limit of 60 generations per minute exceeded; retry after 12s."),
+    429: _error("rate_limited: the consumer's generations per minute are used up; or auth_throttled: this client "
+                "address presented more than FAILED_KEYS_PER_MINUTE missing or wrong keys this minute, so no key is "
+                "checked until it is over. `Retry-After` says for how many seconds.", "rate_limited",
+                "Rate limit of 60 generations per minute exceeded; retry after 12s."),
     502: _error("upstream_error (Ollama failed, after retries) or invalid_output (json mode: the model's reply, "
                 "asked twice, was not a JSON object).", "invalid_output", "The model's reply is not a JSON object."),
     503: _error("upstream_unavailable (Ollama cannot be reached or is busy, after retries) or audit_unavailable "

@@ -29,10 +29,10 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, large_bodies, metrics, model_access, rate_limits
-from llm.errors import (AuditUnavailable, ClientDisconnected, GatewayError, InvalidOutput, InvalidRequest,
-                        NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
-                        ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
+from llm import admission, api_keys, audit_spool, failed_keys, large_bodies, metrics, model_access, rate_limits
+from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
+                        InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
+                        RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
 from llm.images import RemoteImage, UnreadableImage
 from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion, ToolSet, audit_calls, audit_prompt
 from llm.output_schema import checked_output
@@ -169,11 +169,17 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     try:
         try:
             begun = await asyncio.shield(begin)
+        except AuthThrottled as exc:
+            await _count_throttled(exc, started)
+            raise
         except asyncio.CancelledError:
             # The client left while the step ran: it runs to its end all the same (a step dropped before it
             # started would leave no row at all), and the row it wrote is completed as the client's leaving.
             try:
                 row = (await begin)[0]
+            except AuthThrottled as exc:
+                await _count_throttled(exc, started)
+                raise asyncio.CancelledError from None
             except GatewayError:
                 raise asyncio.CancelledError from None  # its row is complete: the refusal
             _release_consumer(row)
@@ -235,6 +241,11 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         if not handed_over:
             _release_consumer(row)
             counted.__exit__()
+
+
+async def _count_throttled(exc: AuthThrottled, started: float) -> None:
+    """A request refused before its key was read: counted in the one row of its address and minute."""
+    await failed_keys.record(exc.row, exc, latency_ms=_elapsed_ms(started))
 
 
 async def _ask(route: Route, provider, request: GenerationRequest):
@@ -482,9 +493,10 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
-            if door.any_content_type:
-                _check_origin(caller.origin)
             _admit(caller.api_key, caller.refusal)
+            if door.any_content_type:
+                # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
+                _check_origin(caller.origin)
             if body_timed_out:
                 raise RequestTimeout(f"The request body did not arrive within {settings.REQUEST_BODY_TIMEOUT:g}s "
                                      f"(REQUEST_BODY_TIMEOUT); {body_size} bytes came.")
@@ -510,6 +522,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
+        except AuthThrottled as exc:
+            exc.row = row  # not written here: generate() counts it in its address's row (llm.failed_keys)
+            raise
         except GatewayError as exc:
             if isinstance(exc, AuditUnavailable) and caller.api_key is None and not row.api_key_prefix:
                 # The key could not be looked up: its prefix still tells whose attempt this was.
@@ -553,12 +568,14 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
 
 
 def _authenticate(caller: Caller) -> None:
-    """Verify the key presented: caller.api_key, or caller.refusal saying why not (AuditUnavailable if unreadable)."""
-    if caller.refusal is None and caller.presented_key is not None:
-        try:
-            caller.api_key = api_keys.verify(caller.presented_key)
-        except api_keys.KeyRefused as refusal:
-            caller.refusal = refusal
+    """Verify the key presented: caller.api_key, or caller.refusal saying why not (AuditUnavailable if unreadable).
+
+    AuthThrottled, before any key is read, for an address past FAILED_KEYS_PER_MINUTE refusals (llm.failed_keys).
+    """
+    try:
+        caller.api_key = api_keys.check(caller.presented_key, refusal=caller.refusal, client_ip=caller.client_ip)
+    except NotAuthenticated as refusal:
+        caller.refusal = refusal
 
 
 def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Count, FloatField, Q, Sum, Value
+from django.db.models import ExpressionWrapper, F, FloatField, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
@@ -50,18 +50,25 @@ def _bucket_filters() -> list[Q]:
     return filters
 
 
+def _requests(condition: Q | None = None):
+    """How many requests the matching rows stand for: a row counts `repeat_count` (llm.failed_keys), usually 1."""
+    return Coalesce(Sum("repeat_count", filter=condition), 0)
+
+
 def _aggregate(rows) -> list[dict]:
     """Rows grouped by hour, consumer and model: the UsageHour fields of each group."""
-    buckets = {name: Count("pk", filter=q) for name, q in zip(LATENCY_BUCKET_FIELDS, _bucket_filters())}
+    buckets = {name: _requests(q) for name, q in zip(LATENCY_BUCKET_FIELDS, _bucket_filters())}
+    # A row standing for several requests holds their mean latency.
+    latency_sum = Sum(ExpressionWrapper(F("latency_ms") * F("repeat_count"), output_field=FloatField()))
     groups = (rows.annotate(hour=TruncHour("created_at")).values("hour", "consumer_id", "model").order_by()
-              .annotate(requests=Count("pk"),
-                        succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
-                        failed=Count("pk", filter=Q(status=Status.FAILED)),
-                        abandoned=Count("pk", filter=Q(status=Status.ABANDONED)),
+              .annotate(requests=_requests(),
+                        succeeded=_requests(Q(status=Status.SUCCEEDED)),
+                        failed=_requests(Q(status=Status.FAILED)),
+                        abandoned=_requests(Q(status=Status.ABANDONED)),
                         prompt_tokens_sum=Coalesce(Sum("prompt_tokens"), 0),
                         completion_tokens_sum=Coalesce(Sum("completion_tokens"), 0),
-                        latency_count=Count("latency_ms"),
-                        latency_sum_ms=Coalesce(Sum("latency_ms"), Value(0.0), output_field=FloatField()),
+                        latency_count=_requests(Q(latency_ms__isnull=False)),
+                        latency_sum_ms=Coalesce(latency_sum, Value(0.0), output_field=FloatField()),
                         **buckets))
     result = []
     for group in groups:

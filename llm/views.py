@@ -124,7 +124,7 @@ class TemplateListView(APIView):
         summary="List the roles and tasks",
         description="The active prompt templates: for each role and task, the payload fields a request must send, "
                     "a sample payload, the models it may name and the JSON Schema of its json-mode output.",
-        responses={200: TemplateCatalogSerializer, 401: ERROR_RESPONSES[401]},
+        responses={200: TemplateCatalogSerializer, 401: ERROR_RESPONSES[401], 429: ERROR_RESPONSES[429]},
     )
     def get(self, request):
         # request.user is the key's Consumer (ApiKeyAuthentication): it sees only the models it may use.

@@ -62,7 +62,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
                429: "rate_limit_error", 501: "invalid_request_error"}
 # Worth the SDK's own retry: the gateway did not try (yet), and another moment or process may answer.
-RETRY_MAY_HELP = {"rate_limited", "upstream_busy", "shutting_down", "audit_unavailable", "request_timeout"}
+RETRY_MAY_HELP = {"rate_limited", "auth_throttled", "upstream_busy", "shutting_down", "audit_unavailable",
+                  "request_timeout"}
 
 
 @csrf_exempt  # an API key authenticates, not a session cookie

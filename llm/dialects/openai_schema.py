@@ -216,11 +216,17 @@ OPENAI_ERRORS = {
     413: _error("payload_too_large: the body is over CHAT_MAX_IMAGE_BODY_BYTES (20 MiB by default; refused before "
                 "it is read), or over CHAT_MAX_BODY_BYTES (1 MiB) without its images."),
     415: _error("unsupported_media_type: the body must be application/json."),
-    429: _error("rate_limited: the consumer's generations per minute are used up; `Retry-After` says for how long."),
+    429: _error("rate_limited: the consumer's generations per minute are used up; or auth_throttled: this client "
+                "address sent more than FAILED_KEYS_PER_MINUTE missing or wrong keys this minute, so no key is "
+                "checked until it is over. `Retry-After` says for how long."),
     502: _error("upstream_error or invalid_output, after the gateway's own retries (`x-should-retry: false`)."),
     503: _error("upstream_unavailable, upstream_busy or audit_unavailable."),
     504: _error("upstream_timeout."),
 }
+
+# A listing counts no rate limit, but the keys it is sent with count against the address like any others.
+THROTTLED = _error("auth_throttled: this client address sent more than FAILED_KEYS_PER_MINUTE missing or wrong keys "
+                   "this minute, so no key is checked until it is over; `Retry-After` says for how long.")
 
 
 def add_components(result, generator, request, public):
@@ -260,7 +266,8 @@ class ModelsOperation(APIView):
     @extend_schema(operation_id="openai_models", tags=["openai"], summary="List models (OpenAI-compatible)",
                    description="The models the calling consumer may use. Not a generation: no audit row, no rate "
                                "limit.",
-                   responses={200: _ref("OpenAIModelList"), 401: OPENAI_ERRORS[401], 502: OPENAI_ERRORS[502],
+                   responses={200: _ref("OpenAIModelList"), 401: OPENAI_ERRORS[401], 429: THROTTLED,
+                              502: OPENAI_ERRORS[502],
                               503: OPENAI_ERRORS[503], 504: OPENAI_ERRORS[504]})
     def get(self, request):
         raise NotImplementedError("served by llm.dialects.openai.models")
@@ -275,7 +282,7 @@ class ModelOperation(APIView):
                                                 description="A model name, e.g. qwen2.5:7b.")],
                    responses={200: _ref("OpenAIModel"),
                               404: _error("Not a model the consumer may use, or not on the server."),
-                              401: OPENAI_ERRORS[401], 502: OPENAI_ERRORS[502], 503: OPENAI_ERRORS[503],
-                              504: OPENAI_ERRORS[504]})
+                              401: OPENAI_ERRORS[401], 429: THROTTLED, 502: OPENAI_ERRORS[502],
+                              503: OPENAI_ERRORS[503], 504: OPENAI_ERRORS[504]})
     def get(self, request, name):
         raise NotImplementedError("served by llm.dialects.openai.model")

@@ -58,6 +58,8 @@ WRONG_VALUES = {
     "REQUEST_BODY_TIMEOUT": "30s",
     "METRICS_TOKEN": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
+    "FAILED_KEYS_PER_MINUTE": "30/min",
+    "PASSWORD_FAILURE_MAX_DELAY": "5m",
     "REDACT_KEYS": "password;token",
     "ALLOWED_HOSTS": "https://gateway.example.com",
     "LOG_LEVEL": "verbose",
