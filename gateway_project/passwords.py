@@ -85,6 +85,16 @@ class ThrottledPasswordBackend(ModelBackend):
             username = kwargs.get(user_model.USERNAME_FIELD)
         if username is None or password is None:
             return None
+        address = throttling.client_address(request.META.get("REMOTE_ADDR") if request is not None else None)
+        subjects = _Subjects(address, username)
+        try:
+            subjects.refuse_if_delayed()
+        except PasswordCheckRefused:
+            # A delayed client is refused before anything else, the database included (a flood of them must cost
+            # little), unless it presents a name and password this process accepted lately: an operator's script
+            # behind the same address as whoever earned the delay. Its remembered success is confirmed below.
+            if not _recently_accepted(username, password):
+                raise
         user = None
         # A NUL cannot be in a user name (PostgreSQL refuses it in a query, which would answer 500).
         if "\x00" not in username:
@@ -95,8 +105,6 @@ class ThrottledPasswordBackend(ModelBackend):
         if user is not None and _remembered(user, password):
             return user if self.user_can_authenticate(user) else None
 
-        address = throttling.client_address(request.META.get("REMOTE_ADDR") if request is not None else None)
-        subjects = _Subjects(address, username)
         subjects.refuse_if_delayed()
         # No database connection is held while waiting for the slot and hashing: on PostgreSQL the pool is shared
         # with the generations, and twenty waiting password checks would otherwise take all of it.
@@ -209,13 +217,24 @@ def _remembered(user, password: str) -> bool:
 
 
 def _remember(user, password: str) -> None:
-    key = _success_key(user, password)
     now = time.monotonic()
     with _successes_lock:
-        _successes[key] = now + SUCCESS_TTL
-        _successes.move_to_end(key)
+        for key in (_success_key(user, password), _credentials_key(user.get_username(), password)):
+            _successes[key] = now + SUCCESS_TTL
+            _successes.move_to_end(key)
         while len(_successes) > SUCCESS_CACHE_SIZE:
             _successes.popitem(last=False)
+
+
+def _credentials_key(username: str, password: str) -> bytes:
+    """What a request presents, before any database read: only a hint, confirmed by _remembered()."""
+    return hmac.new(_PROCESS_KEY, f"name\0{username}\0{password}".encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).digest()
+
+
+def _recently_accepted(username: str, password: str) -> bool:
+    expires = _successes.get(_credentials_key(username, password))
+    return expires is not None and expires > time.monotonic()
 
 
 def forget_successes() -> None:

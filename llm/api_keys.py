@@ -137,9 +137,8 @@ def check(presented: str | None, *, refusal: NotAuthenticated | None = None, cli
     """The active key presented, for every door that takes one; else raise why not, counted against the address.
 
     `refusal` is why what was presented is no key at all (presented_key's KeyRefused). Past FAILED_KEYS_PER_MINUTE
-    refusals from the address in a minute, AuthThrottled is raised before any key is looked up.
+    refusals from the address in a minute, a refusal is AuthThrottled instead (counted in one row, see failed_keys).
     """
-    failed_keys.refuse_if_throttled(client_ip)
     try:
         if refusal is not None:
             raise refusal

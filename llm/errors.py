@@ -67,7 +67,7 @@ class RateLimited(GatewayError):
 
 
 class AuthThrottled(GatewayError):
-    """Too many failed authentications from this client address (or for this user name): nothing was checked."""
+    """Too many failed authentications from this client address (or for this user name)."""
 
     type, status = "auth_throttled", 429
 

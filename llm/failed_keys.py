@@ -1,11 +1,13 @@
-"""Failed API keys per client address: a throttle before any key is read, and one audit row a minute past it.
+"""Failed API keys per client address: past a limit, their refusals are counted together in one audit row a minute.
 
 Every attempt on a generation endpoint leaves an audit row, refusals included; unchecked, a client without any key
 could make the gateway write hundreds of rows a second. So each refusal of a key (none, malformed, unknown, revoked,
 expired) is counted per client address (gateway_project.throttling.client_address) in fixed one-minute windows
 in the cache (Redis: every process counts together). The first FAILED_KEYS_PER_MINUTE refusals keep a row each.
-Past them, every request from that address is answered 429 auth_throttled before its key is read, and counted in
-the one row of its address and minute: `repeat_count` says how many requests that row stands for.
+Past them, every further refusal from that address is answered 429 auth_throttled and counted in the one row of
+its address and minute: `repeat_count` says how many requests that row stands for. A valid key from the same address
+is served as usual: a client sharing an address (a NAT, an office proxy) with a misconfigured or hostile one is not
+shut out. The key is still looked up (one indexed read); what a flood no longer costs is a row per request.
 
 A throttled request is answered only once it is counted in that row, so the rows' counts add up to the requests
 answered. The requests of one address that one process throttles within LINGER_SECONDS are counted by one UPDATE:
@@ -54,44 +56,36 @@ def _counter(address: str, window: int) -> str:
     return f"llm:failed-keys:{address}:{window}"
 
 
-def refuse_if_throttled(client_ip: str | None) -> None:
-    """Raise AuthThrottled if the address has had FAILED_KEYS_PER_MINUTE refusals in this minute; no key is read."""
+def count_refusal(client_ip: str | None) -> None:
+    """Count one refused key against the address, in this minute's window; AuthThrottled once past the limit."""
     limit = settings.FAILED_KEYS_PER_MINUTE
     if not limit:
         return
     now = time.time()
     window = _window(now)
+    key = _counter(client_address(client_ip), window)
     try:
-        refused = cache.get(_counter(client_address(client_ip), window)) or 0
+        # add() creates the counter only if it is missing and incr() is atomic (INCR in Redis).
+        if cache.add(key, 1, timeout=WINDOW_SECONDS + 5):
+            refused = 1
+        else:
+            try:
+                refused = cache.incr(key)
+            except ValueError:  # expired between add() and incr()
+                cache.add(key, 1, timeout=WINDOW_SECONDS + 5)
+                refused = 1
     except Exception as exc:  # noqa: BLE001 - each cache backend raises its own errors
         # Open, as the rate limit: each refusal then keeps a row of its own, as without the throttle.
         CACHE_DOWN.occurred("failed keys not throttled: the cache is unavailable; each refusal keeps a row of its "
                             "own until it answers", error=f"{exc.__class__.__name__}: {exc}")
         return
     CACHE_DOWN.cleared("failed keys throttled again: the cache answers")
-    if refused >= limit:
+    if refused > limit:
         retry_after = max(1, math.ceil(window + WINDOW_SECONDS - now))
         raise AuthThrottled(
-            f"Too many requests without a valid API key from this address (more than {limit} a minute); "
-            f"nothing is checked until the minute is over: retry after {retry_after}s with a valid key.",
+            f"Too many requests with a missing or invalid API key from this address (more than {limit} a minute), "
+            f"this one included. Requests with a valid key are served as usual; retry after {retry_after}s.",
             retry_after=retry_after)
-
-
-def count_refusal(client_ip: str | None) -> None:
-    """Count one refused key against the address, in this minute's window."""
-    if not settings.FAILED_KEYS_PER_MINUTE:
-        return
-    key = _counter(client_address(client_ip), _window(time.time()))
-    try:
-        # add() creates the counter only if it is missing and incr() is atomic (INCR in Redis).
-        if not cache.add(key, 1, timeout=WINDOW_SECONDS + 5):
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add() and incr()
-                cache.add(key, 1, timeout=WINDOW_SECONDS + 5)
-    except Exception as exc:  # noqa: BLE001
-        CACHE_DOWN.occurred("failed keys not throttled: the cache is unavailable; each refusal keeps a row of its "
-                            "own until it answers", error=f"{exc.__class__.__name__}: {exc}")
 
 
 @dataclass

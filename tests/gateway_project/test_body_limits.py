@@ -110,7 +110,9 @@ def test_a_chunked_body_is_read_no_further_than_its_limit(gateway, spooled):
     assert response.headers["connection"] == "close"
     row = Generation.objects.get()
     assert (row.error_type, row.http_status, str(row.id)) == ("payload_too_large", 413, error["request_id"])
-    assert 64 * 1024 < row.request_bytes < 160 * 1024
+    # What had arrived when reading stopped: past the limit, and at most what was sent (on a busy machine the whole
+    # 160 KiB can arrive in one read). What was kept of it stays within the limit, and the rest never came.
+    assert 64 * 1024 < row.request_bytes <= len(chunked(padded(BODY, 160 * 1024), last=False))
     assert spooled["bytes"] <= 64 * 1024  # what was kept of it, before the limit was crossed
 
 

@@ -128,6 +128,26 @@ def test_no_lockout_the_right_password_works_once_the_delay_is_over(client, oper
     assert get(client, "operator", PASSWORD).status_code == 200
 
 
+def test_a_delayed_client_is_refused_without_a_database_query(client, operator, clock, django_assert_num_queries):
+    for _ in range(throttling.FREE_FAILURES):
+        get(client, "operator", "wrong")
+
+    with django_assert_num_queries(0):
+        assert_error(get(client, "operator", "wrong"), 429, "auth_throttled")
+
+
+def test_a_password_this_process_accepted_lately_is_heard_from_a_delayed_address(client, operator, hashes, clock):
+    """An operator's polling script behind the same address as someone guessing: its remembered success holds."""
+    assert get(client, "operator", PASSWORD).status_code == 200
+    for _ in range(throttling.FREE_FAILURES + 1):
+        get(client, "intruder", "guess")
+    assert_error(get(client, "intruder", "guess"), 429, "auth_throttled")
+
+    assert get(client, "operator", PASSWORD).status_code == 200
+    assert_error(get(client, "operator", "another guess"), 429, "auth_throttled")
+    assert hashes.calls == 1 + throttling.FREE_FAILURES
+
+
 def test_the_address_is_remote_addr_never_a_forwarded_header_a_client_sets(client, operator, hashes, clock):
     for n in range(throttling.FREE_FAILURES):
         get(client, "operator", "wrong", HTTP_X_FORWARDED_FOR=f"192.0.2.{n}")
@@ -232,7 +252,8 @@ def test_a_deactivated_user_is_refused_although_its_success_was_remembered(clien
 def test_the_remembered_success_holds_no_password(client, operator, hashes):
     remembered(client, hashes)
 
-    assert len(passwords._successes) == 1
+    # The user's state with the password, and the name with the password (the hint a delayed client is checked by).
+    assert len(passwords._successes) == 2
     memory = repr(list(passwords._successes.items())).encode()
     assert PASSWORD.encode() not in memory and operator.password.encode() not in memory
 

@@ -159,6 +159,7 @@ async def load(url: str, key: str, proxy: CuttableProxy) -> tuple[list, list]:
 def test_a_database_cut_under_load_loses_no_answered_outcome(gateway, proxied_database, settings):
     settings.MOCK_RESPONSE_DELAY = 0.2  # generations in flight when the cut comes
     settings.RATE_LIMIT_PER_MINUTE = 0
+    settings.DEFAULT_MAX_CONCURRENT = 0  # one consumer's 24 clients: not capped here
     settings.AUDIT_SPOOL_REPLAY_SECONDS = 0.2
     delta = Delta()
 
