@@ -29,6 +29,45 @@ DEFAULT = "default"
 OVERRIDE = "override"
 
 
+def _duration(minimum: float) -> Callable[[str], float]:
+    """Seconds, written as a number or as a Go duration like Ollama's keep_alive ("30m", "1h30m")."""
+
+    def parse(raw: str) -> float:
+        text = raw.strip()
+        match = re.fullmatch(r"((?:\d+(?:\.\d*)?|\.\d+)(?:ms|s|m|h))+", text)
+        if match:
+            units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+            value = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", text))
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError('expected seconds or a duration such as "30m" or "1h30m"') from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            raise ValueError(f"expected a duration of at least {minimum:g}s")
+        return value
+
+    return parse
+
+
+def _header_list(raw: str) -> tuple[str, ...]:
+    headers = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in headers:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+            raise ValueError(f"{name!r} is not an HTTP header name; separate the names with commas, "
+                             "e.g. X-OpenWebUI-User-Email,X-User")
+    return headers
+
+
+def _origin_list(raw: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and ("://" not in origin or any(c.isspace() for c in origin)):
+            raise ValueError(f"{origin!r} is not an origin; write scheme and host, e.g. https://chat.example.com "
+                             "or http://localhost:*")
+    return origins
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -230,6 +269,21 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("CHAT_MAX_BODY_BYTES", "1048576", _integer(1024, 64 * 1024 * 1024),
                 help="largest request body of the OpenAI- and Ollama-compatible chat endpoints (they carry the "
                      "conversation); the native API keeps 64 KiB"),
+    SettingSpec("CHAT_MAX_IMAGE_BODY_BYTES", "20971520", _integer(1024, 256 * 1024 * 1024),
+                help="largest body of those chat endpoints when it carries images; without its images a body "
+                     "must still fit CHAT_MAX_BODY_BYTES"),
+    SettingSpec("KEEP_ALIVE_MAX", "30m", _duration(1),
+                help="longest keep_alive a client may ask for (seconds or a duration like 30m); longer, negative "
+                     "and 0 are refused"),
+    SettingSpec("NUM_CTX_MAX", "32768", _integer(1, 131072),
+                help="largest num_ctx a client may ask for: each new context size reloads the model for everyone"),
+    SettingSpec("END_USER_HEADERS", "X-OpenWebUI-User-Email,X-OpenWebUI-User-Id,X-OpenWebUI-User-Name",
+                _header_list,
+                help="headers naming the end user behind a shared key, first present wins (OpenAI's `user` in "
+                     "the body wins over them); empty: none"),
+    SettingSpec("OLLAMA_DIALECT_ORIGINS", "", _origin_list,
+                help="browser origins allowed to call the Ollama dialect (like OLLAMA_ORIGINS; * as a wildcard, "
+                     "e.g. http://localhost:*); requests without an Origin are not affected"),
     SettingSpec("REQUEST_HEADER_TIMEOUT", "10", _number(0, exclusive=True),
                 help="seconds a client has to send a request's line and headers, from connecting (or from its first "
                      "byte on a kept-alive connection); then 408 and the connection is closed"),

@@ -54,6 +54,11 @@ DATABASE_POOL_SIZE = env["DATABASE_POOL_SIZE"]
 DB_STEPS_IN_CALLER_THREAD = False
 GENERATE_MAX_BODY_BYTES = 64 * 1024
 CHAT_MAX_BODY_BYTES = env["CHAT_MAX_BODY_BYTES"]
+CHAT_MAX_IMAGE_BODY_BYTES = env["CHAT_MAX_IMAGE_BODY_BYTES"]
+KEEP_ALIVE_MAX = env["KEEP_ALIVE_MAX"]
+NUM_CTX_MAX = env["NUM_CTX_MAX"]
+END_USER_HEADERS = env["END_USER_HEADERS"]
+OLLAMA_DIALECT_ORIGINS = env["OLLAMA_DIALECT_ORIGINS"]
 # Every other API path (listings, health, the refused endpoints): their bodies are small or absent. The admin's
 # paths take DATA_UPLOAD_MAX_MEMORY_SIZE. A larger body is refused before it is read (llm.body_limits).
 API_MAX_BODY_BYTES = 16 * 1024
@@ -120,7 +125,7 @@ API_MIDDLEWARE = [
 # Async views only: the lean handler sends no request_finished, so a sync view's database connection (opened in a
 # thread of its own) would never go back to the pool. The template catalog (a sync DRF view) has the full chain.
 API_PATH_PREFIXES = ("/v1/", "/api/blobs/")
-API_PATHS = ("/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show",
+API_PATHS = ("/", "/api/v1/llm/generate", "/healthz", "/readyz", "/api/chat", "/api/generate", "/api/tags", "/api/show",
              "/api/version",
              "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/push", "/api/create", "/api/copy",
              "/api/delete")

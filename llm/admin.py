@@ -18,7 +18,8 @@ from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
 from llm import admission, api_keys, dashboard, prompt_templates
-from llm.models import VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion
+from llm.models import (VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion,
+                        ToolSet)
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
 
 
@@ -455,7 +456,8 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     # Any other sort would read the whole table.
     sortable_by = ("created",)
     search_fields = ("=id",)
-    search_help_text = "Search by generation id: the X-Request-ID of the response, or an OpenAI chatcmpl-… id."
+    search_help_text = ("Search by generation id (the X-Request-ID of the response, or an OpenAI chatcmpl-… id), "
+                        "or by end user, exactly as recorded (e.g. alice@example.com).")
     ordering = ("-created_at",)
     # Counting millions of rows on every page view is what makes log admins slow.
     show_full_result_count = False
@@ -467,10 +469,10 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
                                 "template_version_link", "mode", "provider", "model", "stream", "end_user",
                                 "client_ip", "user_agent", "request_bytes", "request_json")}),
-        ("Prompt sent upstream", {"fields": ("prompt_json",)}),
-        ("Outcome", {"fields": ("output_json", "raw_output", "models_tried_json", "error_type", "error_message",
-                                "finish_reason", "prompt_tokens", "completion_tokens", "attempts", "latency_ms",
-                                "upstream_ms", "first_token_ms")}),
+        ("Prompt sent upstream", {"fields": ("tools_offered", "tool_results", "prompt_json")}),
+        ("Outcome", {"fields": ("output_json", "calls_made", "thinking_text", "raw_output", "models_tried_json",
+                                "error_type", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
+                                "attempts", "latency_ms", "upstream_ms", "first_token_ms")}),
     )
 
     def get_search_results(self, request, queryset, search_term):
@@ -478,11 +480,11 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         if not term:
             return queryset, False
         # The OpenAI dialect answers with chatcmpl-<the row's id>.
-        term = term.removeprefix("chatcmpl-")
         try:
-            return queryset.filter(id=uuid.UUID(term)), False
+            return queryset.filter(id=uuid.UUID(term.removeprefix("chatcmpl-"))), False
         except ValueError:
-            return queryset.none(), False
+            # An exact match, which the end-user index answers page by page (no LIKE over millions of rows).
+            return queryset.filter(end_user=term[: Generation._meta.get_field("end_user").max_length]), False
 
     class Media:
         css = {"all": ("llm/admin.css", "llm/generations.css")}
@@ -555,6 +557,64 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     @admin.display(description="Output")
     def output_json(self, obj):
         return _pretty(obj.output)
+
+    @admin.display(description="Thinking")
+    def thinking_text(self, obj):
+        return _pre(obj.thinking) if obj.thinking else "—"
+
+    @admin.display(description="Tool calls made")
+    def calls_made(self, obj):
+        return _calls_table(obj.tool_calls or [])
+
+    @admin.display(description="Tools offered")
+    def tools_offered(self, obj):
+        if obj.tool_set_id is None:
+            return "—"
+        tool_set = obj.tool_set
+        url = reverse("admin:llm_toolset_change", args=[tool_set.pk])
+        return format_html('<a href="{}">{}</a><br><code>{}</code>', url, tool_set, tool_set.pk)
+
+    @admin.display(description="Tool results in the conversation")
+    def tool_results(self, obj):
+        results = [m for m in obj.prompt or [] if isinstance(m, dict) and m.get("role") == "tool"] \
+            if isinstance(obj.prompt, list) else []
+        if not results:
+            return "—"
+        rows = format_html_join("", "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                                ((m.get("tool_name") or "?", m.get("tool_call_id") or "", _pre(m.get("content", "")))
+                                 for m in results))
+        return format_html('<table class="tool-calls"><thead><tr><th>Tool</th><th>Call id</th><th>Result</th>'
+                           '</tr></thead><tbody>{}</tbody></table>', rows)
+
+
+@admin.register(ToolSet)
+class ToolSetAdmin(StaffReadOnlyAdmin):
+    """The distinct sets of tools clients offered, each stored once; generations point here by its SHA-256."""
+
+    list_display = ("sha256", "count", "names", "created_at")
+    search_fields = ("=sha256",)
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    fieldsets = ((None, {"fields": ("sha256", "count", "created_at", "definitions_json")}),)
+
+    @admin.display(description="Tools")
+    def names(self, obj):
+        return ", ".join(d.get("function", {}).get("name", "?") for d in obj.definitions if isinstance(d, dict))
+
+    @admin.display(description="Definitions")
+    def definitions_json(self, obj):
+        return _pretty(obj.definitions)
+
+
+def _calls_table(calls: list):
+    """Tool calls as a reviewer reads them: which tool, with which arguments, under which id."""
+    if not calls:
+        return "—"
+    rows = format_html_join(
+        "", "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+        ((call.get("name"), call.get("id"), _pretty(call.get("arguments"))) for call in calls if isinstance(call, dict)))
+    return format_html('<table class="tool-calls"><thead><tr><th>Tool</th><th>Call id</th><th>Arguments</th></tr>'
+                       '</thead><tbody>{}</tbody></table>', rows)
 
 
 # Styled by llm/admin.css (no inline styles: the Content-Security-Policy refuses them).

@@ -17,12 +17,14 @@ from gateway_project.middleware import annotate_request_log
 from gateway_project.request_body import TOO_LARGE, Unread
 from llm.errors import GatewayError, PayloadTooLarge, RequestTimeout, error_body
 
-# The generation endpoints and the setting that bounds each one's body (their FrontDoor's max_body_bytes).
+# The generation endpoints and the setting that bounds each one's body (their FrontDoor's max_body_bytes). The chat
+# endpoints take images: their bodies may reach CHAT_MAX_IMAGE_BODY_BYTES, and without the images must still fit
+# CHAT_MAX_BODY_BYTES (checked once the body is parsed, llm.services).
 GENERATION_LIMITS = {
     "/api/v1/llm/generate": "GENERATE_MAX_BODY_BYTES",
-    "/v1/chat/completions": "CHAT_MAX_BODY_BYTES",
-    "/api/chat": "CHAT_MAX_BODY_BYTES",
-    "/api/generate": "CHAT_MAX_BODY_BYTES",
+    "/v1/chat/completions": "CHAT_MAX_IMAGE_BODY_BYTES",
+    "/api/chat": "CHAT_MAX_IMAGE_BODY_BYTES",
+    "/api/generate": "CHAT_MAX_IMAGE_BODY_BYTES",
 }
 
 

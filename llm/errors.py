@@ -279,5 +279,11 @@ class ModelManagementRefused(GatewayError):
     type, status = "model_management_refused", 403
 
 
+class OriginNotAllowed(GatewayError):
+    """A browser page from an origin outside OLLAMA_DIALECT_ORIGINS called the Ollama dialect."""
+
+    type, status = "origin_not_allowed", 403
+
+
 class NotImplementedHere(GatewayError):
     type, status = "not_implemented", 501

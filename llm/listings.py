@@ -48,7 +48,7 @@ async def show(caller, read_name: Callable[[], str]) -> dict:
             raise missing
         return {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}", "details": _mock_details(),
                 "model_info": {}, "capabilities": ["completion"], "modified_at": timezone.now().isoformat()}
-    return await get_provider().catalog("POST", "/api/show", {"model": name})
+    return _within_num_ctx_max(await get_provider().catalog("POST", "/api/show", {"model": name}))
 
 
 async def running(caller) -> list[dict]:
@@ -65,6 +65,22 @@ async def version(caller) -> str:
     if mock_names is not None:
         return MOCK_VERSION
     return str((await get_provider().catalog("GET", "/api/version")).get("version", ""))
+
+
+def _within_num_ctx_max(shown: dict) -> dict:
+    """/api/show with the context length a client may use through the gateway: at most NUM_CTX_MAX. Clients size
+    num_ctx from it (LlamaIndex sends the model's whole context with every request), and a larger num_ctx is
+    refused: it would reload the model for every consumer."""
+    bound = settings.NUM_CTX_MAX
+    info = shown.get("model_info")
+    if isinstance(info, dict):
+        for key, value in info.items():
+            if key.endswith(".context_length") and isinstance(value, int) and value > bound:
+                info[key] = bound
+    details = shown.get("details")
+    if isinstance(details, dict) and isinstance(details.get("context_length"), int):
+        details["context_length"] = min(details["context_length"], bound)
+    return shown
 
 
 def _authenticated(caller) -> tuple[Consumer, list[str] | None]:

@@ -3,6 +3,8 @@
 The audit log holds one Generation row per attempt to generate.
 """
 
+import hashlib
+import json
 import uuid
 
 from django.conf import settings
@@ -210,6 +212,77 @@ class ApiKey(models.Model):
         return None
 
 
+class ToolSet(models.Model):
+    """A distinct set of tool definitions, stored once: the rows that offered it keep its SHA-256.
+
+    A chat UI sends the same tools (Open WebUI: 36 of them, 25 KB) with every message; storing them per row would
+    make the tools most of the audit log.
+    """
+
+    sha256 = models.CharField(max_length=64, primary_key=True, editable=False,
+                              help_text="SHA-256 of the definitions as canonical JSON (sorted keys, no spaces).")
+    definitions = models.JSONField(help_text="The tools as sent to Ollama, in the order offered.")
+    count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        verbose_name = "tool set"
+
+    def __str__(self):
+        names = [d.get("function", {}).get("name", "?") for d in self.definitions if isinstance(d, dict)]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return f"{self.count} tools ({shown})"
+
+    @staticmethod
+    def digest(definitions: list) -> str:
+        canonical = json.dumps(definitions, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
+
+    @classmethod
+    def keep(cls, definitions: list) -> "ToolSet":
+        """The stored set for these definitions, written the first time it is seen."""
+        tool_set, _ = cls.objects.get_or_create(
+            sha256=cls.digest(definitions), defaults={"definitions": definitions, "count": len(definitions)})
+        return tool_set
+
+
+def audit_calls(calls) -> list[dict] | None:
+    """Tool calls as the audit log keeps them: id, name and arguments; None for none."""
+    if not calls:
+        return None
+    return [{"id": call.id, "name": call.name, "arguments": call.arguments} for call in calls]
+
+
+def audit_prompt(messages, completion=None):
+    """What was sent to the provider, as the audit log keeps it: each image replaced by its SHA-256, size and
+    detected type, tool calls and results named."""
+    if completion is not None:
+        sent = {"prompt": completion.prompt}
+        for name in ("system", "suffix"):
+            if getattr(completion, name):
+                sent[name] = getattr(completion, name)
+        if completion.raw:
+            sent["raw"] = True
+        if completion.images:
+            sent["images"] = [image.audit() for image in completion.images]
+        return sent
+    kept = []
+    for message in messages:
+        entry = {"role": message.role, "content": message.content}
+        if message.thinking:
+            entry["thinking"] = message.thinking
+        if message.images:
+            entry["images"] = [image.audit() for image in message.images]
+        if message.tool_calls:
+            entry["tool_calls"] = audit_calls(message.tool_calls)
+        if message.tool_name:
+            entry["tool_name"] = message.tool_name
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        kept.append(entry)
+    return kept
+
+
 class Generation(models.Model):
     """One generation attempt: what was asked, what was sent upstream, what came back, and how long it took.
 
@@ -256,8 +329,17 @@ class Generation(models.Model):
     raw_output = models.TextField(blank=True, help_text="The provider's reply text when it could not be used.")
     finish_reason = models.CharField(max_length=16, blank=True,
                                      help_text="Why the model stopped, as Ollama says: stop, length, ...")
-    end_user = models.CharField(max_length=256, blank=True,
-                                help_text="The end user the client named (OpenAI's `user`), as sent.")
+    end_user = models.CharField(
+        max_length=256, blank=True,
+        help_text="The end user behind the consumer's key: OpenAI's `user`, else the first END_USER_HEADERS "
+                  "header present; cut to 256 characters.")
+    thinking = models.TextField(blank=True, help_text="The model's thinking (reasoning models), apart from the "
+                                                      "output; its tokens count in completion_tokens.")
+    tool_calls = models.JSONField(null=True, blank=True,
+                                  help_text='The tools the model called: [{"id", "name", "arguments"}].')
+    # The hash is the key: the row keeps it, the definitions are stored once per distinct set.
+    tool_set = models.ForeignKey(ToolSet, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                 db_index=False, verbose_name="tools offered")
 
     error_type = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
@@ -303,15 +385,27 @@ class Generation(models.Model):
             models.Index(fields=["created_at", "id"], name="gen_created"),
             *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
               for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type")),
+            # The admin's exact-match search by end user (the people behind a chat UI's shared key).
+            models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
+            # Which tool sets are still offered by a row (prune_audit); most rows offer none.
+            models.Index(fields=["tool_set"], name="gen_tool_set", condition=models.Q(tool_set__isnull=False)),
         ]
 
     def __str__(self):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
 
+    # Every column that holds content a consumer sent or a model produced (messages, tool definitions, arguments
+    # and results, thinking, images' descriptions, end user), beside ToolSet.definitions. A consumer whose content
+    # must not be stored gets a hash of exactly these (a later issue): keep this list complete.
+    CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "end_user")
+
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
-                attempts: int = 1, finish_reason: str = "", save: bool = True):
+                attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None,
+                save: bool = True):
         """Record a successful reply (save=False: only set the fields; the caller writes them)."""
         self.status = self.Status.SUCCEEDED
+        self.thinking = thinking
+        self.tool_calls = tool_calls
         self.finish_reason = (finish_reason or "")[:16]
         self.attempts = attempts
         self.http_status = 200
@@ -324,9 +418,12 @@ class Generation(models.Model):
 
     def fail(self, *, error_type: str, message: str, http_status: int, latency_ms: float,
              upstream_ms: float | None = None, raw_output: str = "", attempts: int = 0,
-             prompt_tokens: int | None = None, completion_tokens: int | None = None, save: bool = True):
-        """Record a failed attempt with the error the client was answered with (streams: what was counted)."""
+             prompt_tokens: int | None = None, completion_tokens: int | None = None, thinking: str = "",
+             tool_calls: list | None = None, save: bool = True):
+        """Record a failed attempt with the error the client was answered with (streams: what was sent)."""
         self.status = self.Status.FAILED
+        self.thinking = thinking
+        self.tool_calls = tool_calls
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.attempts = attempts
@@ -341,7 +438,7 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "first_token_ms", "finish_reason", "finished_at")
+                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls")
 
     def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms
@@ -355,6 +452,10 @@ class Generation(models.Model):
             self.save(force_insert=True)
         else:
             self.save(update_fields=self.OUTCOME_FIELDS)
+
+
+# Every model's columns that hold content (see Generation.CONTENT_FIELDS), by model label.
+CONTENT_FIELDS = {"llm.Generation": Generation.CONTENT_FIELDS, "llm.ToolSet": ("definitions",)}
 
 
 # Upper bounds (ms) of the latency histogram the usage rollup keeps; a last bucket holds everything slower.

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from diagnostics.models import ConnectionCheck
 from llm import audit_spool, failed_keys, usage
-from llm.models import Generation, UsageRollupState
+from llm.models import Generation, ToolSet, UsageRollupState
 
 # Beyond GENERATION_DEADLINE, after which the request path answers 504: the final audit UPDATE after that
 # answer, a worker busy with other requests, and clocks of several gateway hosts a few seconds apart.
@@ -68,6 +68,7 @@ class PruneResult:
     folded_hours: int = 0
     generations: int = 0
     checks: int = 0
+    tool_sets: int = 0
     batches: int = 0
     seconds: float = 0.0
 
@@ -105,8 +106,21 @@ def prune(*, older_than: timedelta | None, now: datetime | None = None, dry_run:
         result.batches += batches
         result.checks, batches = _delete_in_batches(ConnectionCheck, cutoff, batch_size)
         result.batches += batches
+        result.tool_sets = _delete_unused_tool_sets(limit)
     result.seconds = time.monotonic() - started
     return result
+
+
+def unused_tool_sets(cutoff: datetime):
+    """Tool sets first seen before the cutoff that no remaining generation offered (read through the partial
+    index on Generation.tool_set)."""
+    used = Generation.objects.filter(tool_set__isnull=False).values("tool_set")
+    return ToolSet.objects.filter(created_at__lt=cutoff).exclude(pk__in=used)
+
+
+def _delete_unused_tool_sets(cutoff: datetime) -> int:
+    count, _ = unused_tool_sets(cutoff).delete()
+    return count
 
 
 def _delete_in_batches(model, cutoff: datetime, batch_size: int) -> tuple[int, int]:

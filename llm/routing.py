@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from functools import partial
 
 from llm import model_access
 from llm.errors import GatewayError, InvalidRequest, ModelFailed, ModelNotFound
@@ -55,11 +56,14 @@ class Route:
 
     async def ask(self, provider, request: GenerationRequest) -> ProviderReply:
         """A reply from the first model that answers, from the one that answered last on; else the error."""
-        return await self._first_answer(provider.generate, request)
+        call = provider.generate if request.completion is None else provider.complete
+        return await self._first_answer(call, request)
 
     async def open_stream(self, provider, request: GenerationRequest):
-        """A stream from the first model whose first piece of text arrives: fallback happens before any is sent."""
-        return await self._first_answer(provider.stream, request)
+        """A stream from the first model whose first delta (of any kind) arrives: fallback happens before any is
+        sent."""
+        call = provider.stream if request.completion is None else partial(provider.complete, stream=True)
+        return await self._first_answer(call, request)
 
     def reject(self, error: GatewayError) -> None:
         """Record that the last reply could not be used."""

@@ -98,7 +98,8 @@ class GenerateOperation(APIView):
                     "its output: a JSON object in json mode, a string in text mode. Every attempt, refused ones "
                     "included, leaves one audit row whose id is the X-Request-ID response header. "
                     "With `\"stream\": true` the answer is `application/x-ndjson`: one "
-                    '`{"id", "delta", "done": false}` line per piece of text, then one line with `"done": true` '
+                    '`{"id", "delta", "done": false}` line per piece of text (`{"id", "thinking", "done": false}` for '
+                    "a reasoning model's thinking), then one line with `\"done\": true` "
                     "and either the fields of the JSON answer (plus `first_token_ms`) or an `error` object. "
                     "`Server-Timing` says how long the provider took (`upstream`) and the gateway (`gateway`).",
         request={"application/json": GenerateRequestSerializer},

@@ -53,6 +53,14 @@ class GenerationSerializer(serializers.Serializer):
     usage = UsageSerializer(source="*")
     latency_ms = serializers.FloatField()
     upstream_ms = serializers.FloatField()
+    thinking = serializers.CharField(required=False, help_text="The model's thinking (reasoning models), when it "
+                                                               "produced any; never part of the output.")
+
+    def to_representation(self, instance):
+        body = super().to_representation(instance)
+        if not body.get("thinking"):
+            body.pop("thinking", None)  # present only when the model thought
+        return body
 
 
 class ErrorDetailSerializer(serializers.Serializer):

@@ -14,11 +14,13 @@ is audited with its consumer like any other.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
+import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator, Callable, Iterable
 from uuid import UUID
 
 from django.conf import settings
@@ -27,14 +29,16 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, failed_keys, metrics, model_access, rate_limits
+from llm import admission, api_keys, audit_spool, failed_keys, large_bodies, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
-                        InvalidRequest, NotAuthenticated, PayloadTooLarge, RawPromptsNotAllowed, RequestTimeout,
-                        ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
-from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion
+                        InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
+                        RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
+from llm.images import RemoteImage, UnreadableImage
+from llm.models import ApiKey, Consumer, Generation, PromptTemplateVersion, ToolSet, audit_calls, audit_prompt
 from llm.output_schema import checked_output
 from llm.prompts import MissingPlaceholders
 from llm.providers import GenerationRequest, get_provider
+from llm.providers.base import Image, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall, ToolCallsDelta
 from llm.request_rules import TEXT, NeutralRequest
 from llm.routing import Route, candidate_models
 from llm.selectors import current_version_for
@@ -57,6 +61,8 @@ class Caller:
     client_ip: str | None = None
     user_agent: str = ""
     api_key: ApiKey | None = None
+    end_user: str = ""  # named by a header (END_USER_HEADERS): a chat UI's user behind the consumer's shared key
+    origin: str = ""  # the browser origin the request came from, if a browser sent it
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,12 @@ class FrontDoor:
     that even a refused request shows what it asked for. `masks_secrets`: the body carries payload objects whose
     secret-named keys (REDACT_KEYS) are masked before anything sees them (the native API); a chat body carries
     text, where key names mean nothing (and OpenAI's own `max_tokens` would look like a secret).
+
+    `images` finds the images in a parsed body: (container, key, reader) for each. Each is read once, and replaced
+    where it stands by what reading it gave (llm.images), before `parse` and before anything is stored: the
+    audit log never holds image bytes. A body with images may be up to `max_body_bytes`; without them it must fit
+    `max_text_bytes`. `any_content_type`: the body is JSON whatever its Content-Type says (Ollama's own rule);
+    such a door refuses browser origins outside OLLAMA_DIALECT_ORIGINS, as a form post could reach it cross-site.
     """
 
     dialect: str
@@ -76,6 +88,9 @@ class FrontDoor:
     max_body_bytes: int
     described: tuple[str, ...] = ("model",)
     masks_secrets: bool = False
+    images: Callable[[Any], Iterable[tuple[Any, Any, Callable]]] | None = None
+    max_text_bytes: int | None = None
+    any_content_type: bool = False
 
 
 @dataclass
@@ -91,11 +106,18 @@ class Timing:
         return _elapsed_ms(self.started)
 
 
-@dataclass
-class Delta:
-    """A piece of the reply's text, as the provider produced it."""
+# What a stream yields before its Outcome: the provider's typed deltas.
+Delta = TextDelta | ThinkingDelta | ToolCallsDelta
 
-    text: str
+
+@dataclass
+class Answer:
+    """A generation answered whole: the completed audit row, where the time went, and the reply itself (whose
+    tool calls keep the fields Ollama sent, for the Ollama dialect to give back unchanged)."""
+
+    row: Generation
+    timing: Timing
+    reply: ProviderReply
 
 
 @dataclass
@@ -108,7 +130,7 @@ class Outcome:
 
 @dataclass
 class Streaming:
-    """A streamed generation whose first piece of text has arrived. Send `body(render)` to the end, always."""
+    """A streamed generation whose first delta has arrived. Send `body(render)` to the end, always."""
 
     row: Generation
     timing: Timing
@@ -127,8 +149,8 @@ class Streaming:
 
 async def generate(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
                    caller: Caller, door: FrontDoor,
-                   body_timed_out: bool = False) -> tuple[Generation, Timing] | Streaming:
-    """Answer one generation request: the completed audit row, or a Streaming; else raise the GatewayError answered.
+                   body_timed_out: bool = False) -> Answer | Streaming:
+    """Answer one generation request: an Answer, or a Streaming; else raise the GatewayError answered.
 
     `body_size` over the door's limit, or `body_timed_out` (the client did not send it within REQUEST_BODY_TIMEOUT),
     means the body was not read: once the key is checked, the attempt is refused with 413 or 408, and recorded.
@@ -197,7 +219,8 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                 row.succeed(output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
                             completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
                             latency_ms=_elapsed_ms(started), attempts=route.attempts,
-                            finish_reason=reply.finish_reason, save=False)
+                            finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
+                            tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
         except asyncio.CancelledError:
             failure = _cancelled(task)
             await _finish_failure(row, route, failure, started)
@@ -212,7 +235,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
             await _finish_failure(row, route, failure, started)
             raise failure from None
         await _record(row)
-        return row, timing
+        return Answer(row, timing, reply)
     finally:
         admission.unregister(task)
         if not handed_over:
@@ -226,14 +249,14 @@ async def _count_throttled(exc: AuthThrottled, started: float) -> None:
 
 
 async def _ask(route: Route, provider, request: GenerationRequest):
-    reply = await route.ask(provider, request)
+    reply = _with_call_ids(await route.ask(provider, request))
     try:
         return reply, await _read_output(route, reply, request)
     except InvalidOutput:
         # A model that answers prose instead of JSON, or JSON that misses the template's schema, usually
         # complies when asked again; once is enough. The model that answered is the one asked again.
         logger.info("json-mode reply unusable; asking once more", extra={"model": reply.model})
-        reply = await route.ask(provider, request)
+        reply = _with_call_ids(await route.ask(provider, request))
         try:
             return reply, await _read_output(route, reply, request)
         except InvalidOutput as exc:
@@ -250,7 +273,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
     row, timing = streaming.row, streaming.timing
     started = timing.started
     task = asyncio.current_task()
-    sent: list[str] = []  # the text rendered for the client: the row's raw_output if the stream fails
+    sent = _Sent()  # what was rendered for the client: the row's if the stream fails
     output = error = None
     leaving: BaseException | None = None  # the client went away: re-raised once the row is complete
     last = b""
@@ -261,18 +284,16 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
             task = asyncio.current_task()
             admission.register(task)
             render = streaming.render
-            if stream.first:
-                row.first_token_ms = _elapsed_ms(started)
-                piece = render(Delta(stream.first))
-                sent.append(stream.first)
-                yield piece
-            async for text in _pieces(stream, timing):
+            async for delta in _deltas(stream, timing):
                 if row.first_token_ms is None:
                     row.first_token_ms = _elapsed_ms(started)
-                piece = render(Delta(text))
-                sent.append(text)
+                if isinstance(delta, ToolCallsDelta):
+                    # Named before it is passed on: the client and the audit row see the same ids.
+                    delta = ToolCallsDelta(_named(delta.calls))
+                piece = render(delta)
+                sent.add(delta)
                 yield piece
-            output = await _read_output(route, stream.reply, request)
+            output = await _read_output(route, sent.reply(stream.reply), request)
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError as exc:
@@ -287,13 +308,13 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
             last = _settle_stream(streaming, route, stream, output, error, sent, rendered=leaving is None)
         except Exception as exc:
             failure = _unexpected(exc, row, "stream's outcome not settled")
-            _fail(row, failure, started, http_status=200, raw_output="".join(sent))
+            _fail(row, failure, started, http_status=200, **sent.recorded())
         await _record(row)
     finally:
         if row.status == Generation.Status.PENDING:
             # Only reached past an error that escaped the code above (or cancelled the write): still one row.
             _fail(row, GatewayError("The stream ended unexpectedly."), started, http_status=200,
-                  raw_output="".join(sent))
+                  **sent.recorded())
             await _record(row)
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
@@ -306,7 +327,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
         yield last
 
 
-def _settle_stream(streaming: Streaming, route: Route, stream, output, error: GatewayError | None, sent: list[str],
+def _settle_stream(streaming: Streaming, route: Route, stream, output, error: GatewayError | None, sent: _Sent,
                    *, rendered: bool) -> bytes:
     """Set the stream's outcome on its row (written by the caller) and render the last piece the client gets.
 
@@ -316,21 +337,23 @@ def _settle_stream(streaming: Streaming, route: Route, stream, output, error: Ga
     reply = stream.reply
     row.models_tried = route.tried
     if error is None:
+        reply = sent.reply(reply)
         timing.provider_durations = reply.durations or {}
         row.succeed(output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
                     completion_tokens=reply.completion_tokens, upstream_ms=_rounded(timing.upstream_ms),
                     latency_ms=_elapsed_ms(timing.started), attempts=route.attempts,
-                    finish_reason=reply.finish_reason, save=False)
+                    finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
+                    tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
         try:
             return streaming.render(Outcome(row))
         except Exception as exc:
             error = _unexpected(exc, row, "stream's last piece not rendered")
     # The client was sent 200 and the stream so far; the error is the row's (499 if it went away).
     _fail(row, error, timing.started, http_status=200 if rendered else error.status,
-          upstream_ms=_rounded(timing.upstream_ms), raw_output="".join(sent), attempts=route.attempts,
+          upstream_ms=_rounded(timing.upstream_ms), attempts=route.attempts,
           prompt_tokens=reply.prompt_tokens if reply else None,
-          # Without Ollama's final chunk, the pieces received are the best count there is.
-          completion_tokens=reply.completion_tokens if reply else stream.pieces_received)
+          # Without Ollama's final chunk, the deltas received are the best count there is.
+          completion_tokens=reply.completion_tokens if reply else stream.deltas_received, **sent.recorded())
     if not rendered:
         return b""
     try:
@@ -341,19 +364,58 @@ def _settle_stream(streaming: Streaming, route: Route, stream, output, error: Ga
         return b""
 
 
-async def _pieces(stream, timing: Timing):
-    """The stream's pieces after the first, the wait for each counted as upstream time and bound by the deadline."""
-    pieces = aiter(stream)
+@dataclass
+class _Sent:
+    """What a stream has rendered for its client so far: text, thinking and tool calls (named as sent)."""
+
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+
+    def add(self, delta: Delta) -> None:
+        if isinstance(delta, TextDelta):
+            self.text.append(delta.text)
+        elif isinstance(delta, ThinkingDelta):
+            self.thinking.append(delta.text)
+        else:
+            self.calls.extend(delta.calls)
+
+    def reply(self, reply: ProviderReply) -> ProviderReply:
+        """The provider's whole reply with its tool calls as the client got them (ids minted included)."""
+        return replace(reply, tool_calls=tuple(self.calls))
+
+    def recorded(self) -> dict:
+        """The row's fields for a stream that failed: what the client was sent."""
+        return {"raw_output": "".join(self.text), "thinking": _storable("".join(self.thinking)),
+                "tool_calls": _storable(audit_calls(self.calls))}
+
+
+async def _deltas(stream, timing: Timing):
+    """The stream's deltas, its first included; the wait for each after the first counted as upstream time and
+    bound by the deadline."""
+    if stream.first is not None:
+        yield stream.first
+    deltas = aiter(stream)
     while True:
         waited = time.perf_counter()
         try:
             async with Deadline(timing.started):
-                piece = await anext(pieces)
+                delta = await anext(deltas)
         except StopAsyncIteration:
             return
         finally:
             timing.upstream_ms += (time.perf_counter() - waited) * 1000
-        yield piece
+        yield delta
+
+
+def _named(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    """Tool calls each with an id: Ollama's when it sent one, else one minted here (call_…, unique per row: a
+    client matches its tool results to calls by id). The raw call, as Ollama sent it, is left as it was."""
+    return tuple(call if call.id else replace(call, id=f"call_{secrets.token_hex(12)}") for call in calls)
+
+
+def _with_call_ids(reply: ProviderReply) -> ProviderReply:
+    return replace(reply, tool_calls=_named(reply.tool_calls)) if reply.tool_calls else reply
 
 
 def _cancelled(task: asyncio.Task | None) -> GatewayError:
@@ -432,10 +494,19 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
             _admit(caller.api_key, caller.refusal)
+            if door.any_content_type:
+                # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
+                _check_origin(caller.origin)
             if body_timed_out:
                 raise RequestTimeout(f"The request body did not arrive within {settings.REQUEST_BODY_TIMEOUT:g}s "
                                      f"(REQUEST_BODY_TIMEOUT); {body_size} bytes came.")
-            data = _parse(body, body_size, content_type, door.max_body_bytes)
+            # Only images may make a body larger than the chat limit: such a body is parsed with its long base64
+            # strings cut out, so that no step holds the event loop (llm.large_bodies).
+            large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
+            data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
+                          text_limit=door.max_text_bytes if large else None)
+            if door.images is not None:
+                _read_images(data, door, body_size)
             if door.masks_secrets:
                 # Secrets are masked first: neither the audit log nor the model ever sees them.
                 data = mask_secrets(data, settings.REDACT_KEYS)
@@ -445,7 +516,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             problem = _unstorable(data)
             if problem:
                 raise InvalidRequest(f"The request is invalid: {problem}.")
-            request, models = _resolve(neutral, row, caller.api_key.consumer)
+            request, models = _resolve(neutral, row, caller)
+            if request.tools:
+                _keep_tool_set(row, request)
             streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
@@ -474,7 +547,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             raise failure from None
 
         row.provider = get_provider().name
-        row.prompt = request.messages
+        row.prompt = _storable(audit_prompt(request.messages, request.completion))
         row.model = request.model[: Generation.SHORT]
         row.stream = streamed
         try:
@@ -515,16 +588,37 @@ def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
     rate_limits.count_request(api_key.consumer)
 
 
-def _parse(body: bytes, body_size: int, content_type: str, limit: int):
+def _check_origin(origin: str) -> None:
+    """A browser's request from an origin outside OLLAMA_DIALECT_ORIGINS is refused: the dialect reads any body
+    as JSON, so a page elsewhere could make a visitor's browser send one (with remembered Basic credentials)."""
+    if not origin:
+        return
+    allowed = settings.OLLAMA_DIALECT_ORIGINS
+    if any(pattern == "*" or fnmatch.fnmatchcase(origin.lower(), pattern.lower()) for pattern in allowed):
+        return
+    raise OriginNotAllowed(
+        f"Requests from the browser origin {origin[:200]!r} are refused: it is not in the gateway's "
+        "OLLAMA_DIALECT_ORIGINS. Ask the operator to add it, or call the gateway from a server.")
+
+
+def _parse(body: bytes, body_size: int, content_type: str, limit: int, *, any_type: bool = False,
+           text_limit: int | None = None):
     if body_size > limit:
         # Only a declared size is known: a chunked body was read no further than one chunk past the limit.
         raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes ({limit / 1024:g} KiB).")
-    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+    if any_type:
+        pass  # JSON whatever the Content-Type, as Ollama reads it (curl -d sends a form type)
+    elif content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type[:100]!r}.")
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        if text_limit is not None:
+            data = large_bodies.loads(body, _json_loads, text_limit)
+        else:
+            data = _json_loads(body)
+    except large_bodies.TextTooLarge as exc:
+        raise _text_too_large(exc.size, text_limit) from None
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, invalid UTF-8 and the constants rejected below.
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
@@ -533,6 +627,39 @@ def _parse(body: bytes, body_size: int, content_type: str, limit: int):
     if _nesting(data) > MAX_DEPTH:
         raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
     return data
+
+
+def _read_images(data, door: FrontDoor, body_size: int) -> None:
+    """Read each image of the body once, and put what reading gave in its place (see FrontDoor.images).
+
+    The body without its images must fit the chat limit: only images earn the larger one.
+    """
+    found = list(door.images(data))
+    carried = sum(len(container[key]) for container, key, _ in found
+                  if isinstance(container[key], (str, large_bodies.Base64Text)))
+    if door.max_text_bytes is not None and body_size - carried > door.max_text_bytes:
+        raise _text_too_large(body_size - carried, door.max_text_bytes)
+    for container, key, read in found:
+        container[key] = read(container[key])
+    large_bodies.restore(data)  # a long base64 string where no image goes is text like any other
+
+
+def _text_too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body holds at least {size} bytes besides its images; the limit is {limit} "
+                           f"bytes ({limit / 1024:g} KiB, CHAT_MAX_BODY_BYTES). Only images may make a body larger.")
+
+
+def _keep_tool_set(row: Generation, request: GenerationRequest) -> None:
+    """The tools offered, stored once per distinct set: the row keeps the set's SHA-256, and its copy of the
+    request a reference instead of the definitions (a chat UI sends the same 25 KB of tools with every message)."""
+    tool_set = ToolSet.keep([tool.definition for tool in request.tools])
+    row.tool_set_id = tool_set.sha256
+    if isinstance(row.request, dict) and isinstance(row.request.get("tools"), list):
+        row.request = {**row.request, "tools": {"tool_set": tool_set.sha256, "count": len(request.tools)}}
+
+
+def _json_loads(body: bytes):
+    return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _nesting(value) -> int:
@@ -574,10 +701,12 @@ def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
             setattr(row, column, _storable(value)[: Generation._meta.get_field(column).max_length])
 
 
-def _resolve(neutral: NeutralRequest, row: Generation, consumer: Consumer) -> tuple[GenerationRequest, list[str]]:
+def _resolve(neutral: NeutralRequest, row: Generation, caller: Caller) -> tuple[GenerationRequest, list[str]]:
     """The request to send and the models to try, within what the consumer may use; recorded on the row."""
+    consumer = caller.api_key.consumer
     row.stream = neutral.stream
-    row.end_user = _storable(neutral.user)[: Generation._meta.get_field("end_user").max_length]
+    # The body's end user (OpenAI's `user`) wins over a header's.
+    row.end_user = _storable(neutral.user or caller.end_user)[: Generation._meta.get_field("end_user").max_length]
     if neutral.templated:
         return _from_template(neutral, row, consumer)
     if consumer.templates_only:
@@ -589,8 +718,9 @@ def _resolve(neutral: NeutralRequest, row: Generation, consumer: Consumer) -> tu
     row.mode = mode = neutral.mode or TEXT
     models = model_access.permitted(consumer, [neutral.model], chosen=True)
     return GenerationRequest(
-        role="", task="", payload=None, mode=mode, model=models[0], messages=neutral.messages,
+        role="", task="", payload=None, mode=mode, model=models[0], messages=list(neutral.messages or ()),
         options=dict(neutral.options), output_schema=neutral.output_schema if mode == "json" else None,
+        tools=neutral.tools, think=neutral.think, keep_alive=neutral.keep_alive, completion=neutral.completion,
     ), models
 
 
@@ -614,9 +744,9 @@ def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer)
     ), models
 
 
-def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[dict]:
+def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[Message]:
     try:
-        return version.render(payload, mode)
+        return [Message(role=m["role"], content=m["content"]) for m in version.render(payload, mode)]
     except MissingPlaceholders as exc:
         template = version.template
         names = ", ".join(exc.names)
@@ -628,7 +758,13 @@ def _render(version: PromptTemplateVersion, payload: dict, mode: str) -> list[di
 
 
 async def _read_output(route: Route, reply, request: GenerationRequest):
-    """The reply as the client gets it; InvalidOutput (recorded against the call) if it is not usable."""
+    """The reply's content as the client gets it; InvalidOutput (recorded against the call) if it is not usable.
+
+    The json-mode (or schema) check reads the content only, never the thinking; a reply that calls tools is no
+    answer yet, so its content is kept as text, unchecked.
+    """
+    if reply.tool_calls:
+        return reply.content
     try:
         return await checked_output(reply.content, request.mode, request.output_schema)
     except InvalidOutput as exc:
@@ -662,7 +798,10 @@ def _unstorable(value, path: str = "body") -> str | None:
 
 
 def _storable(value):
-    """A copy that every database accepts: NUL becomes U+FFFD, an unpaired surrogate "?"."""
+    """A copy that every database accepts: NUL becomes U+FFFD, an unpaired surrogate "?"; an image (read or not)
+    becomes what the audit log keeps of it, never its bytes."""
+    if isinstance(value, (Image, UnreadableImage, RemoteImage)):
+        return _storable(value.audit())
     if isinstance(value, str):
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")

@@ -21,6 +21,7 @@ from llm import selectors, services
 from llm.authentication import ApiKeyAuthentication
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, annotate_error, error_body
+from llm.providers.base import TextDelta, ThinkingDelta, ToolCallsDelta
 from llm.request_rules import NeutralRequest
 from llm.schema import ERROR_RESPONSES
 from llm.serializers import GenerateRequestSerializer, TemplateCatalogSerializer
@@ -47,9 +48,8 @@ async def generate(request):
                                          headers={"Server-Timing": http.server_timing(result.timing),
                                                   "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
         return response
-    row, timing = result
-    annotate_request_log(request, provider=row.provider, model=row.model)
-    return JsonResponse(generation_body(row), headers={"Server-Timing": http.server_timing(timing)})
+    annotate_request_log(request, provider=result.row.provider, model=result.row.model)
+    return JsonResponse(generation_body(result.row), headers={"Server-Timing": http.server_timing(result.timing)})
 
 
 def parse(data) -> NeutralRequest:
@@ -68,8 +68,12 @@ def _ndjson(request, streaming: services.Streaming):
     row_id = str(streaming.row.id)
 
     def render(event) -> bytes:
-        if isinstance(event, services.Delta):
+        if isinstance(event, TextDelta):
             return _line({"id": row_id, "delta": event.text, "done": False})
+        if isinstance(event, ThinkingDelta):
+            return _line({"id": row_id, "thinking": event.text, "done": False})
+        if isinstance(event, ToolCallsDelta):
+            return b""  # a template offers no tools
         row = event.row
         if event.error is not None:
             annotate_error(request, event.error)
@@ -83,9 +87,12 @@ def _ndjson(request, streaming: services.Streaming):
 def generation_body(row) -> dict:
     """The answer to a generation: GenerationSerializer's fields (its OpenAPI description), built directly because a
     DRF serializer costs more per request than the rest of this view."""
-    return {"id": str(row.id), "provider": row.provider, "model": row.model, "mode": row.mode, "output": row.output,
+    body = {"id": str(row.id), "provider": row.provider, "model": row.model, "mode": row.mode, "output": row.output,
             "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
             "latency_ms": row.latency_ms, "upstream_ms": row.upstream_ms}
+    if row.thinking:
+        body["thinking"] = row.thinking  # a reasoning model's, kept apart from the output
+    return body
 
 
 def _line(obj) -> bytes:

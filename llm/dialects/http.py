@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
 from gateway_project import request_body
 from gateway_project.conditions import Conditions
 from gateway_project.middleware import annotate_request_log
@@ -22,7 +24,17 @@ def caller_of(request, *, basic: bool = False) -> services.Caller:
     except api_keys.KeyRefused as exc:
         presented, refusal = None, exc
     return services.Caller(presented_key=presented, refusal=refusal, client_ip=request.META.get("REMOTE_ADDR"),
-                           user_agent=request.META.get("HTTP_USER_AGENT", ""))
+                           user_agent=request.META.get("HTTP_USER_AGENT", ""), end_user=end_user_of(request),
+                           origin=request.META.get("HTTP_ORIGIN", ""))
+
+
+def end_user_of(request) -> str:
+    """The end user a chat UI names behind its shared key: the first END_USER_HEADERS header present."""
+    for name in settings.END_USER_HEADERS:
+        value = request.META.get("HTTP_" + name.upper().replace("-", "_"), "").strip()
+        if value:
+            return value
+    return ""
 
 
 def annotate_consumer(request, caller: services.Caller) -> None:

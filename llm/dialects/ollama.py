@@ -1,5 +1,5 @@
 """The Ollama dialect at Ollama's own paths: POST /api/chat and /api/generate (NDJSON streams by default, as in
-Ollama), GET /api/tags, POST /api/show, GET /api/version, GET /api/ps.
+Ollama), GET /api/tags, POST /api/show, GET /api/version, GET /api/ps, and GET / ("Ollama is running").
 
 So that `OLLAMA_HOST=http://gateway:8000` and the `ollama` clients work unchanged, with the key as a bearer token or
 as the password of HTTP Basic auth. This module only translates: Ollama's request into the NeutralRequest, the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
@@ -20,21 +20,23 @@ from gateway_project.middleware import annotate_request_log
 from llm import listings, services
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, PayloadTooLarge, annotate_error
+from llm.images import UnreadableImage, read_base64
 from llm.models import Generation
-from llm.request_rules import (JSON, ROLES, TEXT, NeutralRequest, invalid, model_name_problem, options_problems,
-                               output_schema_problem)
+from llm.providers.base import Completion, Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
+from llm.request_rules import (JSON, TEXT, NeutralRequest, invalid, keep_alive_problem, model_name_problem,
+                               options_problems, output_schema_problem, think_from_effort, think_problem,
+                               without_nulls)
 
 NDJSON = "application/x-ndjson"
-COMMON_FIELDS = {"model", "format", "options", "stream"}
-CHAT_FIELDS = COMMON_FIELDS | {"messages"}
-GENERATE_FIELDS = COMMON_FIELDS | {"prompt", "system"}
-# Fields that act on the server for everyone (keep_alive holds a model in memory) or bypass the prompt as the
-# gateway builds and records it (raw, template, context), or that it cannot carry yet: refused until an issue adds
-# them. The values that ask for nothing, which the `ollama` clients send with every call, pass.
-REFUSED = {"keep_alive": (), "raw": (False,), "template": ("",), "context": ([],), "tools": ([],),
-           "images": ([],), "think": (False,), "suffix": ("",), "logprobs": (False,), "top_logprobs": (0,)}
-MESSAGE_FIELDS = {"role", "content"}
-MESSAGE_EMPTY_FIELDS = {"images", "tool_calls", "thinking", "tool_name"}
+COMMON_FIELDS = {"model", "format", "options", "stream", "think", "keep_alive"}
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "tools"}
+GENERATE_FIELDS = COMMON_FIELDS | {"prompt", "system", "suffix", "raw", "images"}
+# Fields that bypass the prompt as the gateway records it (template, context: a deprecated encoding of an
+# earlier conversation), or that ask for what it cannot carry (logprobs): refused. The values that ask for
+# nothing, which the `ollama` clients send with every call, pass.
+REFUSED = {"template": ("",), "context": ([],), "logprobs": (False,), "top_logprobs": (0,)}
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_FIELDS = {"role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"}
 
 
 @csrf_exempt  # an API key authenticates, not a session cookie
@@ -51,7 +53,8 @@ async def _generation(request, endpoint: str, parse):
     if request.method != "POST":
         return _method_not_allowed(request, "POST")
     door = services.FrontDoor(dialect=Generation.Dialect.OLLAMA, endpoint=endpoint, parse=parse,
-                              max_body_bytes=settings.CHAT_MAX_BODY_BYTES)
+                              max_body_bytes=settings.CHAT_MAX_IMAGE_BODY_BYTES, images=images,
+                              max_text_bytes=settings.CHAT_MAX_BODY_BYTES, any_content_type=True)
     try:
         result = await http.generate(request, caller=http.caller_of(request, basic=True), door=door)
     except GatewayError as exc:
@@ -63,10 +66,19 @@ async def _generation(request, endpoint: str, parse):
         return StreamingHttpResponse(result.body(_lines(request, result, as_chat)), content_type=NDJSON,
                                      headers={"Server-Timing": http.server_timing(result.timing),
                                               "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
-    row, timing = result
+    row, reply = result.row, result.reply
     annotate_request_log(request, provider=row.provider, model=row.model)
-    return JsonResponse({**_piece(row, _text(row.output), as_chat), **_final(row, timing)},
-                        headers={"Server-Timing": http.server_timing(timing)})
+    whole = _piece(row, _text(row.output), as_chat, thinking=reply.thinking, calls=_raw_calls(reply.tool_calls))
+    return JsonResponse({**whole, **_final(row, result.timing)},
+                        headers={"Server-Timing": http.server_timing(result.timing)})
+
+
+@csrf_exempt
+async def root(request):
+    """GET / and HEAD /: what Ollama answers there, with no key: clients probe it to find a server."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, "GET")
+    return HttpResponse("Ollama is running", content_type="text/plain; charset=utf-8")
 
 
 @csrf_exempt
@@ -166,20 +178,40 @@ def parse_chat(data) -> NeutralRequest:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "messages must be a non-empty array")
-    return _neutral(data, [_message(m, i) for i, m in enumerate(messages)])
+    return _neutral(data, messages=[_message(m, i) for i, m in enumerate(messages)], tools=_tools(data))
 
 
 def parse_generate(data) -> NeutralRequest:
-    """Ollama's /api/generate request (prompt and system) as a chat of one or two messages."""
+    """Ollama's /api/generate request: a prompt completion, sent to Ollama's /api/generate as it came."""
     _check_fields(data, GENERATE_FIELDS)
-    prompt, system = data.get("prompt"), data.get("system")
+    prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         # An empty prompt is Ollama's "load the model" request, which acts on the server: not a consumer's to make.
         raise invalid("prompt", "prompt is required (a non-empty string)")
-    if system is not None and not isinstance(system, str):
-        raise invalid("system", "system must be a string")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return _neutral(data, messages)
+    texts = {}
+    for name in ("system", "suffix"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid(name, f"{name} must be a string")
+        texts[name] = value or ""
+    raw = data.get("raw")
+    if raw is not None and not isinstance(raw, bool):
+        raise invalid("raw", "raw must be true or false")
+    completion = Completion(prompt=prompt, raw=bool(raw), images=_images(data.get("images"), "images"), **texts)
+    return _neutral(data, completion=completion)
+
+
+def images(data):
+    """Where an Ollama request carries images: `images` of each message (/api/chat) or of the request
+    (/api/generate), base64 each."""
+    if not isinstance(data, dict):
+        return
+    holders = [data] + [m for m in data.get("messages") or () if isinstance(m, dict)] \
+        if isinstance(data.get("messages", []), list) else [data]
+    for holder in holders:
+        found = holder.get("images")
+        for index in range(len(found) if isinstance(found, list) else 0):
+            yield found, index, read_base64
 
 
 def _check_fields(data, allowed: set[str]) -> None:
@@ -196,22 +228,84 @@ def _check_fields(data, allowed: set[str]) -> None:
                              details={name: ["Unknown field."] for name in unknown})
 
 
-def _message(message, index: int) -> dict:
+def _message(message, index: int) -> Message:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise invalid(where, f"{where} must be an object with role and content")
-    role, content = message.get("role"), message.get("content", "")
+    role, content = message.get("role"), message.get("content") or ""
     if role not in ROLES:
-        raise invalid(f"{where}.role", f"{where}.role must be system, user or assistant (tools are not supported)")
-    if not isinstance(content, str):
-        raise invalid(f"{where}.content", f"{where}.content must be a string")
-    extra = [k for k in message if k not in MESSAGE_FIELDS and not (k in MESSAGE_EMPTY_FIELDS and not message[k])]
+        raise invalid(f"{where}.role", f"{where}.role must be system, user, assistant or tool")
+    extra = [k for k in message if k not in MESSAGE_FIELDS]
     if extra:
         raise invalid(f"{where}.{extra[0]}", f"{where}: not supported by this gateway: {', '.join(extra)}")
-    return {"role": role, "content": content}
+    if not isinstance(content, str):
+        raise invalid(f"{where}.content", f"{where}.content must be a string")
+    texts = {}
+    for name in ("thinking", "tool_name", "tool_call_id"):
+        value = message.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid(f"{where}.{name}", f"{where}.{name} must be a string")
+        texts[name] = value or ""
+    return Message(role=role, content=content, images=_images(message.get("images"), f"{where}.images"),
+                   tool_calls=_replayed_calls(message.get("tool_calls"), where), **texts)
 
 
-def _neutral(data: dict, messages: list[dict]) -> NeutralRequest:
+def _images(found, where: str) -> tuple[Image, ...]:
+    """A list of images, already read where they stood (see images()); refused with why if one is not usable."""
+    if found is None:
+        return ()
+    if not isinstance(found, list):
+        raise invalid(where, f"{where} must be an array of base64-encoded images")
+    for index, image in enumerate(found):
+        if isinstance(image, UnreadableImage):
+            raise invalid(f"{where}[{index}]", f"{where}[{index}] {image.problem}")
+        if not isinstance(image, Image):
+            raise invalid(f"{where}[{index}]", f"{where}[{index}] must be a base64-encoded image")
+    return tuple(found)
+
+
+def _replayed_calls(calls, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's tool calls as an Ollama client replays them: each kept as sent (id, index)."""
+    if calls is None:
+        return ()
+    if not isinstance(calls, list):
+        raise invalid(f"{where}.tool_calls", f"{where}.tool_calls must be an array")
+    replayed = []
+    for index, call in enumerate(calls):
+        at = f"{where}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise invalid(at, f'{at} must be {{"function": {{"name", "arguments"}}}}')
+        arguments = function.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise invalid(f"{at}.function.arguments", f"{at}.function.arguments must be an object")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise invalid(f"{at}.id", f"{at}.id must be a string")
+        replayed.append(ToolCall(name=function["name"], arguments=arguments, id=call_id or "", raw=call))
+    return tuple(replayed)
+
+
+def _tools(data: dict) -> tuple[Tool, ...]:
+    tools = data.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise invalid("tools", "tools must be an array")
+    offered = []
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise invalid(where, f'{where} must be {{"type": "function", "function": {{"name", ...}}}}')
+        if tool.get("type", "function") != "function":
+            raise invalid(f"{where}.type", f"{where}.type must be function")
+        offered.append(Tool(name=function["name"], definition=tool))  # passed on as sent
+    return tuple(offered)
+
+
+def _neutral(data: dict, *, messages: list[Message] | None = None, tools: tuple[Tool, ...] = (),
+             completion: Completion | None = None) -> NeutralRequest:
     model = data.get("model")
     problem = model_name_problem(model)
     if problem:
@@ -224,13 +318,31 @@ def _neutral(data: dict, messages: list[dict]) -> NeutralRequest:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise invalid("options", "options must be an object")
+    options = without_nulls(options)
+    # Open WebUI's reasoning switch for an Ollama connection: OpenAI's effort, inside the options.
+    effort = options.pop("reasoning_effort", None)
+    think = data.get("think")
+    if think is not None:
+        problem = think_problem(think)
+        if problem:
+            raise invalid("think", f"think: {problem}")
+    if effort is not None:
+        from_effort = think_from_effort(effort, "options.reasoning_effort")
+        if think is not None and think != from_effort:
+            raise invalid("think", "think and options.reasoning_effort ask for different thinking: send one")
+        think = from_effort
     problems = options_problems(options)
     if problems:
         shown = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in problems.items())
         raise InvalidRequest(f"invalid options: {shown}", details={"options": problems})
+    keep_alive = data.get("keep_alive")
+    if keep_alive is not None:
+        problem = keep_alive_problem(keep_alive)
+        if problem:
+            raise invalid("keep_alive", f"keep_alive: {problem}")
     mode, schema = _format(data.get("format"))
     return NeutralRequest(messages=messages, model=model, options=options, mode=mode, output_schema=schema,
-                          stream=stream)
+                          stream=stream, tools=tools, think=think, keep_alive=keep_alive, completion=completion)
 
 
 def _format(value) -> tuple[str, dict | None]:
@@ -254,8 +366,13 @@ def _lines(request, streaming: services.Streaming, as_chat: bool):
     row = streaming.row
 
     def render(event) -> bytes:
-        if isinstance(event, services.Delta):
+        if isinstance(event, TextDelta):
             return _line({**_piece(row, event.text, as_chat), "done": False})
+        if isinstance(event, ThinkingDelta):
+            return _line({**_piece(row, "", as_chat, thinking=event.text), "done": False})
+        if isinstance(event, ToolCallsDelta):
+            # The chunk's calls together, byte for byte as Ollama sent them: never split, never held back.
+            return _line({**_piece(row, "", as_chat, calls=_raw_calls(event.calls)), "done": False})
         if event.error is not None:
             annotate_error(request, event.error)
             # The `ollama` clients raise ResponseError from a line holding `error`: the stream's last line.
@@ -265,13 +382,29 @@ def _lines(request, streaming: services.Streaming, as_chat: bool):
     return render
 
 
-def _piece(row: Generation, text: str, as_chat: bool) -> dict:
+def _piece(row: Generation, text: str, as_chat: bool, *, thinking: str = "", calls: list | None = None) -> dict:
     body = {"model": row.model, "created_at": timezone.now().isoformat().replace("+00:00", "Z")}
     if as_chat:
-        body["message"] = {"role": "assistant", "content": text}
+        message = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = calls
+        body["message"] = message
     else:
         body["response"] = text
+        if thinking:
+            body["thinking"] = thinking
+        if calls:
+            body["tool_calls"] = calls
     return body
+
+
+def _raw_calls(calls) -> list[dict]:
+    """Tool calls as Ollama sent them (the mock's, which have no raw form, in Ollama's shape)."""
+    return [call.raw if call.raw is not None else
+            {**({"id": call.id} if call.id else {}), "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls]
 
 
 def _final(row: Generation, timing: services.Timing) -> dict:

@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.views import APIView
 
 from llm.authentication import ApiKeyAuthentication
-from llm.request_rules import INT32, MAX_CONTEXT_TOKENS, MODEL_NAME_MAX_LENGTH
+from llm.request_rules import INT32, MAX_CONTEXT_TOKENS, MODEL_NAME_MAX_LENGTH, REASONING_EFFORT, THINK_LEVELS
 
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 
@@ -28,9 +28,31 @@ def _number(low, high, kind="number") -> dict:
     return _nullable({"type": kind, "minimum": low, "maximum": high})
 
 
-_EMPTY = {"type": "array", "maxItems": 0, "nullable": True}
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
               "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+_IMAGE_PART = {"type": "object", "required": ["type", "image_url"],
+               "properties": {"type": {"type": "string", "enum": ["image_url"]},
+                              "image_url": {"anyOf": [
+                                  {"type": "string"},
+                                  {"type": "object", "required": ["url"], "additionalProperties": False,
+                                   "properties": {"url": {"type": "string"}, "detail": {"type": "string"}}}]}},
+               "description": "A data:image/...;base64, URL only: an http(s) URL is refused, never fetched."}
+_TOOL_CALL = {"type": "object", "required": ["function"],
+              "properties": {"id": {"type": "string"}, "type": {"type": "string", "enum": ["function"]},
+                             "function": {"type": "object", "required": ["name", "arguments"],
+                                          "properties": {"name": {"type": "string", "minLength": 1},
+                                                         "arguments": {"type": "string",
+                                                                       "description": "A JSON object, as a string."}}}}}
+_EFFORTS = list(REASONING_EFFORT)
+# Ollama's own options at the top level (num_ctx, top_k, ...): checked by the same rules as the Ollama dialect's.
+_OLLAMA_OPTIONS = {
+    "num_ctx": _number(1, MAX_CONTEXT_TOKENS, "integer"), "num_keep": _number(-1, MAX_CONTEXT_TOKENS, "integer"),
+    "num_predict": _number(-2, MAX_CONTEXT_TOKENS, "integer"), "top_k": _number(0, 1000, "integer"),
+    "min_p": _number(0, 1), "typical_p": _number(0, 1), "tfs_z": _number(0, 10),
+    "repeat_last_n": _number(-1, MAX_CONTEXT_TOKENS, "integer"), "repeat_penalty": _number(0, 2),
+    "penalize_newline": _nullable({"type": "boolean"}), "mirostat": _number(0, 2, "integer"),
+    "mirostat_tau": _number(0, 10), "mirostat_eta": _number(0, 1),
+}
 
 COMPONENTS = {
     "ChatCompletionRequest": {
@@ -66,26 +88,56 @@ COMPONENTS = {
                                                                "schema": {"type": "object"},
                                                                "strict": _nullable({"type": "boolean"})}}}},
             ]},
-            "user": _nullable({"type": "string", "maxLength": 256}),
+            "user": _nullable({"type": "string", "description": "The end user; cut to 256 characters."}),
             "n": _nullable({"type": "integer", "enum": [1]}),
             "logprobs": _nullable({"type": "boolean", "enum": [False]}),
-            "tools": _EMPTY,
-            "tool_choice": _nullable({"type": "string", "enum": ["none", "auto"]}),
+            "tools": _nullable({"type": "array", "items": {
+                "type": "object", "required": ["type", "function"],
+                "properties": {"type": {"type": "string", "enum": ["function"]},
+                               "function": {"type": "object", "required": ["name"],
+                                            "properties": {"name": {"type": "string", "minLength": 1},
+                                                           "description": _nullable({"type": "string"}),
+                                                           "parameters": _nullable({"type": "object"}),
+                                                           "strict": _nullable({"type": "boolean"})}}}}}),
+            "tool_choice": {"anyOf": [
+                {"type": "string", "enum": ["none", "auto", "required"], "nullable": True},
+                {"type": "object", "required": ["type", "function"],
+                 "properties": {"type": {"type": "string", "enum": ["function"]},
+                                "function": {"type": "object", "required": ["name"],
+                                             "properties": {"name": {"type": "string"}}}}}],
+                "description": "required sends the tools, but Ollama cannot force a call."},
             "parallel_tool_calls": _nullable({"type": "boolean"}),
+            "reasoning_effort": _nullable({"type": "string", "enum": _EFFORTS,
+                                           "description": "As Ollama's think: none false, minimal low, xhigh high."}),
+            "reasoning": _nullable({"type": "object", "additionalProperties": False,
+                                    "properties": {"effort": _nullable({"type": "string", "enum": _EFFORTS})}}),
+            "think": {"anyOf": [{"type": "boolean", "nullable": True},
+                                {"type": "string", "enum": list(THINK_LEVELS)}],
+                      "description": "Ollama's own switch (Open WebUI sends it)."},
+            "keep_alive": {"anyOf": [{"type": "number", "nullable": True}, {"type": "string", "maxLength": 64}],
+                           "description": "Seconds or a duration like 5m, up to KEEP_ALIVE_MAX; never 0 or negative."},
+            **_OLLAMA_OPTIONS,
         },
-        "description": "OpenAI's chat completion request. Unsupported parameters (n > 1, logit_bias, tools, "
-                       "logprobs: true, audio, …) are refused with a 400 naming them.",
+        "description": "OpenAI's chat completion request. Unsupported parameters (n > 1, logit_bias, "
+                       "logprobs: true, audio, …) are refused with a 400 naming them; Ollama's non-load-time "
+                       "options are accepted at the top level, its load-time ones (num_gpu, …) refused.",
     },
     "ChatMessage": {
         "type": "object",
         "additionalProperties": False,
         "required": ["role"],
         "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-            "content": {"anyOf": [{"type": "string", "nullable": True}, {"type": "array", "items": _TEXT_PART}],
-                        "description": "Text, or text parts; null only for an assistant message."},
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"anyOf": [{"type": "string", "nullable": True},
+                                  {"type": "array", "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}}],
+                        "description": "Text, or text parts (and image parts, from a user); null only for an "
+                                       "assistant or tool message."},
             "name": _nullable({"type": "string"}),
-            "tool_calls": _EMPTY,
+            "tool_calls": _nullable({"type": "array", "items": _TOOL_CALL,
+                                     "description": "An assistant message's calls, replayed."}),
+            "tool_call_id": _nullable({"type": "string", "description": "A tool message: the call it answers."}),
+            "reasoning": _nullable({"type": "string"}),
+            "reasoning_content": _nullable({"type": "string"}),
         },
     },
     "ChatCompletion": {
@@ -101,8 +153,11 @@ COMPONENTS = {
                 "properties": {"index": {"type": "integer"},
                                "message": {"type": "object", "required": ["role", "content"],
                                            "properties": {"role": {"type": "string"},
-                                                          "content": {"type": "string"}}},
-                               "finish_reason": {"type": "string", "enum": ["stop", "length"]}}}},
+                                                          "content": {"type": "string", "nullable": True},
+                                                          "tool_calls": {"type": "array", "items": _TOOL_CALL},
+                                                          "reasoning": {"type": "string"},
+                                                          "reasoning_content": {"type": "string"}}},
+                               "finish_reason": {"type": "string", "enum": ["stop", "length", "tool_calls"]}}}},
             "usage": _ref("ChatCompletionUsage"),
         },
     },
@@ -158,8 +213,8 @@ OPENAI_ERRORS = {
                 "may use prompt templates only)."),
     404: _error("model_not_found: the model is not on the Ollama server."),
     408: _error("request_timeout: the body did not arrive within REQUEST_BODY_TIMEOUT (30 s by default)."),
-    413: _error("payload_too_large: the body is over CHAT_MAX_BODY_BYTES (1 MiB by default); refused before it is "
-                "read."),
+    413: _error("payload_too_large: the body is over CHAT_MAX_IMAGE_BODY_BYTES (20 MiB by default; refused before "
+                "it is read), or over CHAT_MAX_BODY_BYTES (1 MiB) without its images."),
     415: _error("unsupported_media_type: the body must be application/json."),
     429: _error("rate_limited: the consumer's generations per minute are used up; or auth_throttled: this client "
                 "address sent more than FAILED_KEYS_PER_MINUTE missing or wrong keys this minute, so no key is "

@@ -12,6 +12,7 @@ urlpatterns = [
     path("v1/embeddings", openai.embeddings, name="openai-embeddings"),
     # Any other path under /v1/, a newline in it included, gets OpenAI's 404 rather than the HTML page.
     re_path(r"^v1/(?P<rest>[\s\S]*)\Z", openai.not_found),
+    path("", ollama.root, name="ollama-root"),
     path("api/chat", ollama.chat, name="ollama-chat"),
     path("api/generate", ollama.generate, name="ollama-generate"),
     path("api/tags", ollama.tags, name="ollama-tags"),

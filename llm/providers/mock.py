@@ -9,9 +9,10 @@ import time
 
 from referencing.jsonschema import DRAFT202012
 
-from llm.output_schema import schema_resolver
+from llm.output_schema import schema_problem, schema_resolver
 
-from .base import GenerationRequest, ProviderReply
+from .base import (Delta, GenerationRequest, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall,
+                   ToolCallsDelta)
 
 # The mock streams its reply in this many pieces, spread over its delay.
 STREAM_PIECES = 4
@@ -27,46 +28,60 @@ class MockProvider:
         started = time.perf_counter()
         if self.delay:
             await asyncio.sleep(self.delay)
-        return _reply(request, mock_content(request), started)
+        return _reply(request, started)
 
     async def stream(self, request: GenerationRequest) -> MockStream:
         stream = MockStream(request, self.delay)
         await stream.open()
         return stream
 
+    async def complete(self, request: GenerationRequest, *, stream: bool = False) -> ProviderReply | MockStream:
+        """A prompt completion (Ollama's /api/generate), answered like a chat of that prompt."""
+        return await (self.stream(request) if stream else self.generate(request))
+
 
 class MockStream:
-    """The mock's reply in a few pieces, the delay spread between them; the first one before open() returns."""
+    """The mock's reply as deltas (thinking, then text in a few pieces, then its tool calls together), the delay
+    spread between them; the first one before open() returns."""
 
     attempts = 1
 
     def __init__(self, request: GenerationRequest, delay: float):
         self.request = request
         self.started = time.perf_counter()
-        content = mock_content(request)
-        size = max(1, -(-len(content) // STREAM_PIECES))
-        self._pieces = [content[i:i + size] for i in range(0, len(content), size)] or [""]
-        self._pause = delay / len(self._pieces)
-        self.first = ""
+        whole = _reply(request, self.started)
+        deltas: list[Delta] = [ThinkingDelta(piece) for piece in _pieces(whole.thinking)]
+        deltas += [TextDelta(piece) for piece in _pieces(whole.content)]
+        if whole.tool_calls:
+            deltas.append(ToolCallsDelta(whole.tool_calls))
+        self._deltas = deltas
+        self._pause = delay / max(len(deltas), 1)
+        self.first: Delta | None = None
         self.reply: ProviderReply | None = None
-        self.pieces_received = 0
+        self.deltas_received = 0
 
     async def open(self) -> None:
         if self._pause:
             await asyncio.sleep(self._pause)
-        self.first = self._pieces[0]
-        self.pieces_received = 1
+        if self._deltas:
+            self.first = self._deltas[0]
+            self.deltas_received = 1
 
     async def __aiter__(self):
-        for piece in self._pieces[1:]:
+        for delta in self._deltas[1:]:
             if self._pause:
                 await asyncio.sleep(self._pause)
-            self.pieces_received += 1
-            yield piece
-        self.reply = _reply(self.request, "".join(self._pieces), self.started)
+            self.deltas_received += 1
+            yield delta
+        self.reply = _reply(self.request, self.started)
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+def _pieces(text: str) -> list[str]:
+    size = max(1, -(-len(text) // STREAM_PIECES))
+    return [text[i:i + size] for i in range(0, len(text), size)]
 
 
 def mock_content(request: GenerationRequest) -> str:
@@ -101,27 +116,75 @@ def payload_text(payload) -> str:
 
 
 def _raw_chat_content(request: GenerationRequest) -> str:
-    """A raw chat (no template): the reply names the last user message, so that a conversation can be followed."""
-    digest = hashlib.sha256(json.dumps([request.messages, request.model], sort_keys=True).encode()).hexdigest()[:16]
-    last = next((m["content"] for m in reversed(request.messages) if m.get("role") == "user"), "")
-    excerpt = " ".join(last.split())[:80]
+    """A raw chat (no template): the reply names the last user message (or tool result), so that a conversation
+    can be followed."""
+    digest = _digest(request)
+    last = _last_turn(request)
+    excerpt = " ".join(last.content.split())[:80]
     if request.mode == "json" and request.output_schema:
         return json.dumps(schema_instance(request.output_schema, f"mock {digest}"), ensure_ascii=False)
     if request.mode == "json":
         return json.dumps({"mock": True, "model": request.model, "digest": digest, "reply_to": excerpt},
                           ensure_ascii=False)
-    return f"[mock {digest}] {request.model} would now answer: {excerpt}"
+    if last.role == "tool":
+        return f"[mock {digest}] {request.model} read the result of {last.tool_name or 'the tool'}: {excerpt}"
+    seen = f" (and {len(last.images)} image{'s' if len(last.images) > 1 else ''}: " \
+           f"{', '.join(image.media_type for image in last.images)})" if last.images else ""
+    return f"[mock {digest}] {request.model} would now answer: {excerpt}{seen}"
 
 
-def _reply(request: GenerationRequest, content: str, started: float) -> ProviderReply:
-    prompt_words = sum(len(m["content"].split()) for m in request.messages)
+def _last_turn(request: GenerationRequest) -> Message:
+    """The turn the mock answers: the last user message or tool result (a completion's prompt)."""
+    if request.completion is not None:
+        return Message(role="user", content=request.completion.prompt, images=request.completion.images)
+    return next((m for m in reversed(request.messages) if m.role in ("user", "tool")), Message(role="user"))
+
+
+def _digest(request: GenerationRequest) -> str:
+    turns = [[m.role, m.content, m.tool_call_id, [i.sha256 for i in m.images]] for m in request.messages]
+    if request.completion is not None:
+        completion = request.completion
+        turns.append([completion.system, completion.prompt, completion.suffix, completion.raw])
+    return hashlib.sha256(json.dumps([turns, request.model], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tool_calls(request: GenerationRequest) -> tuple[ToolCall, ...]:
+    """Offered tools and a conversation not yet answered by one: the mock calls the first tool, with arguments
+    that fit its parameters, as a model would."""
+    if not request.tools or _last_turn(request).role == "tool":
+        return ()
+    tool = request.tools[0]
+    parameters = tool.definition.get("function", {}).get("parameters")
+    # Parameters are the client's JSON Schema: only one that passes the output schemas' bounds is instantiated.
+    usable = isinstance(parameters, dict) and parameters and schema_problem(parameters) is None
+    arguments = schema_instance(parameters, "mock") if usable else {}
+    return (ToolCall(name=tool.name, arguments=arguments if isinstance(arguments, dict) else {}),)
+
+
+def _thinking(request: GenerationRequest) -> str:
+    if request.think in (None, False):
+        return ""
+    level = f" ({request.think})" if isinstance(request.think, str) else ""
+    return f"[mock thinking{level}] What is asked: {' '.join(_last_turn(request).content.split())[:80]}"
+
+
+def _reply(request: GenerationRequest, started: float) -> ProviderReply:
+    calls = _tool_calls(request) if not request.role else ()
+    content = "" if calls else mock_content(request)
+    thinking = _thinking(request)
+    prompt = request.messages if request.completion is None else [_last_turn(request)]
+    prompt_words = sum(len(m.content.split()) for m in prompt)
     return ProviderReply(
         content=content,
         model=request.model,
         prompt_tokens=prompt_words,
-        completion_tokens=len(content.split()),
+        # As Ollama's eval_count: thinking and tool calls are generated tokens too.
+        completion_tokens=len(content.split()) + len(thinking.split()) + sum(
+            len(json.dumps(c.arguments).split()) for c in calls),
         upstream_ms=round((time.perf_counter() - started) * 1000, 2),
         finish_reason="stop",
+        thinking=thinking,
+        tool_calls=calls,
     )
 
 

@@ -1,4 +1,6 @@
-"""Ollama over HTTP (POST /api/chat): the wire protocol and the mapping of its failures to gateway errors.
+"""Ollama over HTTP (POST /api/chat, POST /api/generate): the wire protocol and the mapping of its failures to
+gateway errors. The one module that knows Ollama's JSON: the neutral request becomes a body here, and Ollama's
+replies and stream chunks become neutral replies and typed deltas.
 
 Each error has two messages: the client's names "Ollama" and what went wrong, never the server's address nor what
 it answered (an error text or a page may quote internal paths and hosts); the staff message, for the audit row
@@ -11,8 +13,10 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Callable
 
 import httpx
@@ -22,7 +26,8 @@ from gateway_project.redaction import mask_url
 from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
                         UpstreamUnavailable)
 
-from .base import GenerationRequest, ProviderReply
+from .base import (Delta, GenerationRequest, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall,
+                   ToolCallsDelta)
 
 logger = logging.getLogger("llm.providers")
 
@@ -36,6 +41,9 @@ SERVER_FAILURES = ("upstream_unavailable", "upstream_timeout", "upstream_error")
 # Busy (429) or failing (5xx): worth another try. Other 4xx say the request itself is wrong: never retried.
 RETRIED_STATUS_MIN = 500
 TOO_MANY_REQUESTS = 429
+# Ollama's 400 for a capability the model lacks ("registry.ollama.ai/library/phi:2.7b does not support tools"):
+# it names the model the client asked for and nothing of the server, and tells the client what to change.
+CAPABILITY_ERROR = re.compile(r"""[\w.:/@"'+-]{1,300} does not support [a-z ]{1,40}""")
 # No single pause between tries is longer than this, whatever the backoff or a Retry-After header say.
 MAX_BACKOFF_SECONDS = 10.0
 # Connections per pooled client. httpcore's pool checks every connection it holds on every request (a poll() per
@@ -124,23 +132,29 @@ class OllamaProvider:
         )
 
     async def generate(self, request: GenerationRequest) -> ProviderReply:
-        try:
-            reply = await self._generate(request)
-        except GatewayError as exc:
-            self.note_failure(exc)
-            raise
-        self.note_answer()
-        return reply
+        """A chat reply (POST /api/chat), not streamed."""
+        return await self._noted(self._reply(CHAT, _chat_body(request, stream=False), request.model))
 
     async def stream(self, request: GenerationRequest) -> OllamaStream:
-        """Start a streamed reply and wait for its first piece of text; errors until then are raised here."""
+        """Start a streamed chat reply and wait for its first delta; errors until then are raised here."""
+        return await self._noted(self._stream(CHAT, _chat_body(request, stream=True), request.model))
+
+    async def complete(self, request: GenerationRequest, *, stream: bool = False) -> ProviderReply | OllamaStream:
+        """A prompt completion (POST /api/generate: suffix, raw, images), whole or, with `stream`, as a stream
+        opened at its first delta."""
+        body = _generate_body(request, stream=stream)
+        if stream:
+            return await self._noted(self._stream(GENERATE, body, request.model))
+        return await self._noted(self._reply(GENERATE, body, request.model))
+
+    async def _noted(self, call):
         try:
-            stream = await self._stream(request)
+            answer = await call
         except GatewayError as exc:
             self.note_failure(exc)
             raise
         self.note_answer()
-        return stream
+        return answer
 
     async def catalog(self, method: str, path: str, body: dict | None = None) -> dict:
         """One of Ollama's read-only endpoints (/api/tags, /api/show, /api/ps, /api/version) as JSON, tried once.
@@ -166,32 +180,35 @@ class OllamaProvider:
             condition.cleared(f"Ollama answers again ({condition.name.rsplit(':', 1)[-1]} is over)",
                               base_url=self.shown_url)
 
-    async def _generate(self, request: GenerationRequest) -> ProviderReply:
+    async def _reply(self, call: OllamaCall, body: dict, model: str) -> ProviderReply:
         started = time.perf_counter()
-        response, attempts, _ = await self._send(_chat_body(request, stream=False), stream=False)
+        response, attempts, _ = await self._send(body, stream=False, path=call.path)
         try:
-            reply = self._parse(response, request.model)
+            reply = self._parse(response, model, call)
         except GatewayError as exc:
             raise _with_attempts(exc, attempts)
+        parts = call.parts(reply)
         return ProviderReply(
-            content=reply["message"]["content"],
-            model=reply.get("model") or request.model,
+            content=parts["content"],
+            model=reply.get("model") or model,
             prompt_tokens=reply.get("prompt_eval_count"),
             completion_tokens=reply.get("eval_count"),
             upstream_ms=round((time.perf_counter() - started) * 1000, 2),
             attempts=attempts,
             finish_reason=_done_reason(reply),
             durations=_durations(reply),
+            thinking=parts["thinking"],
+            tool_calls=_tool_calls(parts["tool_calls"]),
         )
 
-    async def _stream(self, request: GenerationRequest) -> OllamaStream:
+    async def _stream(self, call: OllamaCall, body: dict, model: str) -> OllamaStream:
         started = time.perf_counter()
-        response, attempts, release = await self._send(_chat_body(request, stream=True), stream=True)
-        stream = OllamaStream(self, response, request.model, started, attempts, release)
+        response, attempts, release = await self._send(body, stream=True, path=call.path)
+        stream = OllamaStream(self, response, model, started, attempts, release, call)
         try:
             if response.status_code != 200:
                 await response.aread()
-                self._parse(response, request.model)  # raises the error Ollama's answer stands for
+                self._parse(response, model, call)  # raises the error Ollama's answer stands for
             await stream.open()
         except GatewayError as exc:
             await stream.aclose()
@@ -223,12 +240,15 @@ class OllamaProvider:
                 staff_message=f"{where} answered {path} with HTTP {response.status_code}: {_excerpt(response.text)}")
         return data
 
-    async def _send(self, body: dict, *, stream: bool) -> tuple[httpx.Response, int, Callable[[], None]]:
-        """POST /api/chat, trying again (at most max_retries times) after failures that may pass.
+    async def _send(self, body: dict, *, stream: bool,
+                    path: str = "/api/chat") -> tuple[httpx.Response, int, Callable[[], None]]:
+        """POST to `path`, trying again (at most max_retries times) after failures that may pass.
 
         Returns the response, the attempts made and the release of the client it came through: at once for a
         read response, once the stream is closed for a streamed one.
         """
+        content = _encoded(body)
+        headers = {**JSON_CONTENT, "Content-Length": str(len(content))}
         attempt = 0
         while True:
             attempt += 1
@@ -236,7 +256,8 @@ class OllamaProvider:
             shards = self._shards()
             client, release = shards.lease()
             try:
-                response = await client.send(client.build_request("POST", "/api/chat", json=body), stream=stream)
+                response = await client.send(client.build_request("POST", path, content=content, headers=headers),
+                                             stream=stream)
             except httpx.TransportError as exc:
                 release()
                 if isinstance(exc, httpx.PoolTimeout):
@@ -291,7 +312,7 @@ class OllamaProvider:
         return UpstreamError("The connection to Ollama broke off mid-reply.",
                              staff_message=f"The connection to {where} broke off mid-reply: {reason}.")
 
-    def _parse(self, response: httpx.Response, model: str) -> dict:
+    def _parse(self, response: httpx.Response, model: str, call: OllamaCall) -> dict:
         where, status = self.where, response.status_code
         try:
             data = response.json()
@@ -303,6 +324,9 @@ class OllamaProvider:
             raise ModelNotFound(f"Model {model!r} is not available on Ollama. {pull}",
                                 staff_message=f"Model {model!r} is not available on {where} ({error}). {pull}")
         if status == 400 and isinstance(error, str):
+            if CAPABILITY_ERROR.fullmatch(error):
+                raise InvalidRequest(f"Ollama rejected the request: {error}.",
+                                     staff_message=f"{where} rejected the request: {error}")
             raise InvalidRequest("Ollama rejected the request; its reason is in the gateway's audit log.",
                                  staff_message=f"{where} rejected the request: {error}")
         # Ollama answers 500 with its error when the model cannot load or its runner dies; 503 is a full queue.
@@ -317,49 +341,55 @@ class OllamaProvider:
                                           staff_message=f"{where} is busy (HTTP 429): {detail}")
             raise UpstreamError(f"Ollama answered HTTP {status}.",
                                 staff_message=f"{where} answered HTTP {status}: {detail}")
-        message = data.get("message") if isinstance(data, dict) else None
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise UpstreamError("Ollama sent a reply that is not Ollama's chat JSON.",
-                                staff_message=f"{where} sent a reply that is not Ollama's chat JSON: "
+        if not isinstance(data, dict) or call.parts(data) is None:
+            raise UpstreamError(f"Ollama sent a reply that is not Ollama's {call.name} JSON.",
+                                staff_message=f"{where} sent a reply that is not Ollama's {call.name} JSON: "
                                               f"{_excerpt(response.text)}")
         return data
 
 
 class OllamaStream:
-    """Ollama's NDJSON chat stream: one {"message": {"content": ...}, "done": false} line a piece, then the counts."""
+    """Ollama's NDJSON stream: one line per piece (`message` of /api/chat, `response` and `thinking` of
+    /api/generate), then a done line with the counts. Each line becomes the deltas it carries, in the order
+    thinking, text, tool calls; a line's tool calls stay together in one delta."""
 
     def __init__(self, provider: OllamaProvider, response: httpx.Response, model: str, started: float,
-                 attempts: int, release: Callable[[], None]):
+                 attempts: int, release: Callable[[], None], call: OllamaCall):
         self.provider = provider
         self.response = response
         self._release = release
+        self.call = call
         self.model = model
         self.started = started
         self.attempts = attempts
-        self.first = ""
+        self.first: Delta | None = None
         self.reply: ProviderReply | None = None
-        self.pieces_received = 0
+        self.deltas_received = 0
         self._lines = response.aiter_lines()
         self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._calls: list[ToolCall] = []
+        self._pending: list[Delta] = []  # deltas of a line already read, not yet handed out
         self._done = False
 
     async def open(self) -> None:
-        """Read up to the first piece of text (or the end of an empty reply)."""
-        while not self._done:
-            piece = await self._next_piece(before_first=True)
-            if piece:
-                self.first = piece
-                return
+        """Read up to the first delta of any kind (or the end of an empty reply)."""
+        while not self._done and not self._pending:
+            self._pending = await self._next_deltas(before_first=True)
+        if self._pending:
+            self.first = self._pending.pop(0)
 
     async def __aiter__(self):
-        while not self._done:
+        while True:
+            while self._pending:
+                yield self._pending.pop(0)
+            if self._done:
+                return
             try:
-                piece = await self._next_piece(before_first=False)
+                self._pending = await self._next_deltas(before_first=False)
             except GatewayError as exc:
                 self.provider.note_failure(exc)
                 raise
-            if piece:
-                yield piece
 
     async def aclose(self) -> None:
         """Close the upstream response: when the client went away, Ollama sees the request cancelled."""
@@ -369,7 +399,7 @@ class OllamaStream:
             release, self._release = self._release, _nothing
             release()
 
-    async def _next_piece(self, *, before_first: bool) -> str:
+    async def _next_deltas(self, *, before_first: bool) -> list[Delta]:
         where = self.provider.where
         try:
             line = await anext(self._lines)
@@ -381,17 +411,13 @@ class OllamaStream:
             self._done = True
             raise self.provider.transport_error(exc, mid_stream=not before_first) from None
         if not line.strip():
-            return ""
+            return []
         try:
             chunk = json.loads(line)
         except ValueError:
             chunk = None
-        if not isinstance(chunk, dict):
-            self._done = True
-            raise UpstreamError("Ollama sent a stream line that is not Ollama's chat JSON.",
-                                staff_message=f"{where} sent a stream line that is not Ollama's chat JSON: "
-                                              f"{_excerpt(line)}")
-        if "error" in chunk:
+        parts = self.call.parts(chunk) if isinstance(chunk, dict) else None
+        if isinstance(chunk, dict) and "error" in chunk:
             self._done = True
             error = _excerpt(chunk["error"] if isinstance(chunk["error"], str) else json.dumps(chunk["error"]), 500)
             if before_first:
@@ -399,12 +425,23 @@ class OllamaStream:
                                   staff_message=f"{where} could not run model {self.model!r}: {error}")
             raise UpstreamError("Ollama reported an error mid-stream.",
                                 staff_message=f"{where} reported an error mid-stream: {error}")
-        message = chunk.get("message")
-        piece = message.get("content") if isinstance(message, dict) else None
-        piece = piece if isinstance(piece, str) else ""
-        if piece:
-            self.pieces_received += 1
-            self._text.append(piece)
+        if parts is None:
+            self._done = True
+            raise UpstreamError(f"Ollama sent a stream line that is not Ollama's {self.call.name} JSON.",
+                                staff_message=f"{where} sent a stream line that is not Ollama's {self.call.name} "
+                                              f"JSON: {_excerpt(line)}")
+        deltas: list[Delta] = []
+        if parts["thinking"]:
+            self._thinking.append(parts["thinking"])
+            deltas.append(ThinkingDelta(parts["thinking"]))
+        if parts["content"]:
+            self._text.append(parts["content"])
+            deltas.append(TextDelta(parts["content"]))
+        calls = _tool_calls(parts["tool_calls"])
+        if calls:
+            self._calls.extend(calls)
+            deltas.append(ToolCallsDelta(calls))
+        self.deltas_received += len(deltas)
         if chunk.get("done"):
             self._done = True
             self.reply = ProviderReply(
@@ -416,18 +453,163 @@ class OllamaStream:
                 attempts=self.attempts,
                 finish_reason=_done_reason(chunk),
                 durations=_durations(chunk),
+                thinking="".join(self._thinking),
+                tool_calls=tuple(self._calls),
             )
-        return piece
+        return deltas
+
+
+@dataclass(frozen=True)
+class OllamaCall:
+    """One of Ollama's generation endpoints: its path, and where its replies (and stream lines) carry the text,
+    the thinking and the tool calls."""
+
+    name: str
+    path: str
+    parts: Callable[[dict], dict | None]  # None: not this endpoint's JSON
+
+
+def _chat_parts(reply: dict) -> dict | None:
+    message = reply.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+        return None
+    return {"content": message.get("content") or "", "thinking": _text(message.get("thinking")),
+            "tool_calls": message.get("tool_calls")}
+
+
+def _generate_parts(reply: dict) -> dict | None:
+    if not isinstance(reply.get("response", ""), str):
+        return None
+    return {"content": reply.get("response") or "", "thinking": _text(reply.get("thinking")),
+            "tool_calls": reply.get("tool_calls")}
+
+
+CHAT = OllamaCall("chat", "/api/chat", _chat_parts)
+GENERATE = OllamaCall("generate", "/api/generate", _generate_parts)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _tool_calls(calls) -> tuple[ToolCall, ...]:
+    """Ollama's tool calls as neutral ones, each keeping the call exactly as Ollama sent it."""
+    if not isinstance(calls, list):
+        return ()
+    neutral = []
+    for call in calls:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        arguments = function.get("arguments")
+        neutral.append(ToolCall(name=_text(function.get("name")),
+                                arguments=arguments if isinstance(arguments, dict) else {},
+                                id=_text(call.get("id")), raw=call))
+    return tuple(neutral)
+
+
+JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+# A large image's base64 goes out in slices of this size: each is one short copy (h11 joins what it sends).
+SPLICED_SLICE = 256 * 1024
+
+
+class SplicedBody:
+    """A request body in parts, a large image's base64 (a memoryview of the client's body, see llm.large_bodies)
+    among them: encoding or copying a 20 MiB string would hold the event loop for tens of milliseconds. It can be
+    sent again, for a retry."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    async def __aiter__(self):
+        for part in self.parts:
+            if isinstance(part, memoryview):
+                for start in range(0, len(part), SPLICED_SLICE):
+                    yield bytes(part[start:start + SPLICED_SLICE])
+            else:
+                yield part
+
+
+def _encoded(body: dict) -> bytes | SplicedBody:
+    """The body as JSON; with a large image, as a SplicedBody."""
+    spliced: list[memoryview] = []
+
+    def later(value):
+        if isinstance(value, memoryview):
+            spliced.append(value)
+            return f"\x00spliced:{len(spliced) - 1}"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    encoded = json.dumps(body, default=later, ensure_ascii=False, separators=(",", ":")).encode()
+    if not spliced:
+        return encoded
+    parts, rest = [], encoded
+    for index, data in enumerate(spliced):
+        before, _, rest = rest.partition(b'"\\u0000spliced:%d"' % index)
+        parts += [before + b'"', data, b'"']
+    return SplicedBody([*parts, rest])
 
 
 def _chat_body(request: GenerationRequest, *, stream: bool) -> dict:
-    body = {"model": request.model, "messages": request.messages, "stream": stream}
+    body = {"model": request.model, "messages": [_wire_message(m) for m in request.messages], "stream": stream}
+    if request.tools:
+        body["tools"] = [tool.definition for tool in request.tools]
+    _common_fields(body, request)
+    return body
+
+
+def _generate_body(request: GenerationRequest, *, stream: bool) -> dict:
+    completion = request.completion
+    body = {"model": request.model, "prompt": completion.prompt, "stream": stream}
+    if completion.system:
+        body["system"] = completion.system
+    if completion.suffix:
+        body["suffix"] = completion.suffix
+    if completion.raw:
+        body["raw"] = True
+    if completion.images:
+        body["images"] = [image.data for image in completion.images]
+    _common_fields(body, request)
+    return body
+
+
+def _common_fields(body: dict, request: GenerationRequest) -> None:
     if request.mode == "json":
         # A schema makes Ollama constrain the reply to it (structured outputs); "json" just to JSON.
         body["format"] = request.output_schema or "json"
     if request.options:
         body["options"] = request.options
-    return body
+    if request.think is not None:
+        body["think"] = request.think
+    if request.keep_alive is not None:
+        body["keep_alive"] = request.keep_alive
+
+
+def _wire_message(message: Message) -> dict:
+    wire = {"role": message.role, "content": message.content}
+    if message.thinking:
+        wire["thinking"] = message.thinking
+    if message.images:
+        wire["images"] = [image.data for image in message.images]
+    if message.tool_calls:
+        wire["tool_calls"] = [_wire_call(call) for call in message.tool_calls]
+    if message.tool_name:
+        wire["tool_name"] = message.tool_name
+    if message.tool_call_id:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _wire_call(call: ToolCall) -> dict:
+    if call.raw is not None:
+        return call.raw  # replayed by an Ollama client: as it was sent (id, function.index)
+    wire = {"function": {"name": call.name, "arguments": call.arguments}}
+    return {"id": call.id, **wire} if call.id else wire
 
 
 DURATIONS = ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")

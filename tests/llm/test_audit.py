@@ -159,3 +159,17 @@ def test_a_format_query_parameter_does_not_change_the_answer(client, api_key, sh
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("application/json")
     assert Generation.objects.count() == 1
+
+
+def test_the_content_fields_are_published_and_name_real_columns():
+    """A later issue stores a hash in place of exactly these for consumers whose content must not be kept."""
+    from django.apps import apps
+
+    from llm.models import CONTENT_FIELDS
+
+    assert set(CONTENT_FIELDS) == {"llm.Generation", "llm.ToolSet"}
+    for label, fields in CONTENT_FIELDS.items():
+        names = {field.name for field in apps.get_model(label)._meta.get_fields()}
+        assert set(fields) <= names, label
+    assert {"request", "prompt", "output", "raw_output", "thinking", "tool_calls", "end_user"} <= set(
+        CONTENT_FIELDS["llm.Generation"])

@@ -27,8 +27,8 @@ def test_every_allowed_option_reaches_ollama_unchanged(generate, valid_request, 
 @pytest.mark.parametrize(
     "options, field, message",
     [
-        ({"num_gpu": 0}, "num_gpu", "Unknown option"),
-        ({"use_mlock": True}, "use_mlock", "Unknown option"),
+        ({"num_gpu": 0}, "num_gpu", "load-time option"),
+        ({"use_mlock": True}, "use_mlock", "operator"),
         ({"Temperature": 0.5}, "Temperature", "Unknown option"),
         ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
         ({"temperature": -0.1}, "temperature", "greater than or equal to 0"),
@@ -61,10 +61,12 @@ def test_bad_options_are_400_naming_the_option(generate, valid_request, ollama, 
 
 
 def test_unknown_and_out_of_range_options_are_reported_together(generate, valid_request):
-    error = assert_error(generate({**valid_request, "options": {"num_gpu": 1, "top_k": -1}}), 400, "invalid_request")
+    options = {"num_gpu": 1, "top_k": -1, "frobnicate": 2}
+    error = assert_error(generate({**valid_request, "options": options}), 400, "invalid_request")
 
-    assert set(error["details"]["options"]) == {"num_gpu", "top_k"}
-    assert "allowed: " in error["details"]["options"]["num_gpu"][0]
+    assert set(error["details"]["options"]) == {"num_gpu", "top_k", "frobnicate"}
+    assert "allowed: " in error["details"]["options"]["frobnicate"][0]
+    assert "load-time option" in error["details"]["options"]["num_gpu"][0]
 
 
 @pytest.mark.parametrize("options", [[], "temperature=1", 5, None])

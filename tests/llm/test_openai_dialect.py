@@ -202,7 +202,7 @@ def test_a_missing_model_is_the_sdks_not_found_error(gateway, ollama):
 
 @pytest.mark.parametrize("extra, named", [
     ({"n": 2}, "n"), ({"logit_bias": {"50256": -100}}, "logit_bias"), ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"), ({"frobnicate": 1}, "frobnicate"),
+    ({"functions": [{"name": "f"}]}, "functions"), ({"frobnicate": 1}, "frobnicate"),
 ])
 def test_unsupported_parameters_are_refused_by_name(gateway, extra, named):
     with pytest.raises(openai.BadRequestError) as raised:
@@ -217,8 +217,11 @@ def test_unsupported_parameters_are_refused_by_name(gateway, extra, named):
 @pytest.mark.parametrize("body, param", [
     ({"messages": HELLO}, "model"),
     ({"model": "qwen2.5:7b", "messages": []}, "messages"),
-    ({"model": "qwen2.5:7b", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"model": "qwen2.5:7b", "messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+    ({"model": "qwen2.5:7b", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
     ({"model": "qwen2.5:7b", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content[0].image_url"),
+    ({"model": "qwen2.5:7b", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
      "messages[0].content[0]"),
     ({"model": "qwen2.5:7b", "messages": HELLO, "temperature": 7}, "temperature"),
     ({"model": "qwen2.5:7b", "messages": HELLO, "max_tokens": "many"}, "max_tokens"),

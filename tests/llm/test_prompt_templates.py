@@ -135,7 +135,7 @@ def test_a_version_cannot_be_changed_or_deleted(make_template):
         ({"fallback_models": ["qwen2.5:7b", ""]}, "fallback_models", "list of model names"),
         ({"allowed_models": "llama3.2:1b"}, "allowed_models", "list of model names"),
         ({"options": [1]}, "options", "JSON object"),
-        ({"options": {"num_gpu": 1}}, "options", "num_gpu: Unknown option"),
+        ({"options": {"num_gpu": 1}}, "options", "num_gpu: A load-time option"),
         ({"options": {"temperature": 3}}, "options", "temperature: Ensure this value is less than or equal to 2."),
     ],
 )

@@ -96,7 +96,7 @@ def test_preview_renders_unsaved_changes_and_saves_nothing(editor, sns):
         ({"output_schema": "{not json"}, "Enter a valid JSON"),
         ({"user_template": "About {product} for {audience}"}, "Lacks audience, which the prompts use."),
         ({"options": "[1, 2]"}, "JSON object of Ollama options"),
-        ({"options": '{"use_mlock": true}'}, "use_mlock: Unknown option"),
+        ({"options": '{"use_mlock": true}'}, "use_mlock: A load-time option"),
     ],
 )
 def test_an_invalid_template_is_a_form_error_and_adds_no_version(editor, sns, changes, message):

@@ -50,6 +50,8 @@ class Command(BaseCommand):
             else:
                 scope = (f"deleted {result.generations} generations and {result.checks} connection checks {before} "
                          f"in {result.batches} batches")
+                if result.tool_sets:
+                    scope += f", and {result.tool_sets} tool sets no generation offers any more"
         if dry_run:
             line = f"Dry run: would mark {result.abandoned} pending generations abandoned; {scope}."
         else:
