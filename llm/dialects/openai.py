@@ -144,14 +144,16 @@ async def embeddings(request):
     row, reply = result.row, result.reply
     annotate_request_log(request, provider=row.provider, model=row.model)
     as_base64 = _encoding_format(row.request) == "base64"
-    data = [{"object": "embedding", "index": index,
-             "embedding": _base64_floats(vector) if as_base64 else vector}
-            for index, vector in enumerate(reply.vectors)]
     tokens = reply.prompt_tokens or 0
-    body = {"object": "list", "data": data, "model": row.request.get("model", reply.model),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    numbers = 0 if as_base64 else len(reply.vectors) * (reply.dimensions or 0)
-    return await http.json_response(body, numbers=numbers,
+
+    def body() -> dict:
+        data = [{"object": "embedding", "index": index,
+                 "embedding": _base64_floats(vector) if as_base64 else vector}
+                for index, vector in enumerate(reply.vectors)]
+        return {"object": "list", "data": data, "model": row.request.get("model", reply.model),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    return await http.json_response(body, numbers=len(reply.vectors) * (reply.dimensions or 0),
                                     headers={"Server-Timing": http.server_timing(result.timing)})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from array import array
 import logging
 import random
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+import orjson
 
 from gateway_project.conditions import Conditions
 from gateway_project.redaction import mask_url
@@ -636,14 +638,18 @@ def _embed_body(request: EmbeddingRequest) -> dict:
 def _embed_reply(content: bytes, legacy: bool) -> dict | None:
     """Ollama's embeddings reply read and checked (a list of lists of numbers), or None if it is not one."""
     try:
-        data = json.loads(content)
-    except (ValueError, RecursionError):
+        data = orjson.loads(content)  # a batch is tens of thousands of numbers: ~5x faster than json's
+    except orjson.JSONDecodeError:
         return None
     if not isinstance(data, dict):
         return None
     vectors = [data.get("embedding")] if legacy else data.get("embeddings")
-    if not isinstance(vectors, list) or not all(
-            isinstance(vector, list) and all(type(value) in (float, int) for value in vector) for vector in vectors):
+    if not isinstance(vectors, list) or not all(isinstance(vector, list) for vector in vectors):
+        return None
+    try:
+        for vector in vectors:
+            array("d", vector)  # numbers only (checked in C: a batch holds tens of thousands)
+    except (TypeError, OverflowError):
         return None
     count = data.get("prompt_eval_count")
     return {"vectors": vectors, "model": _text(data.get("model")), "durations": _durations(data),
