@@ -100,7 +100,8 @@ def _prepare(row: Generation, data, door: FrontDoor, caller: Caller, body_size: 
         if isinstance(data.get("user"), str):  # OpenAI's `user` wins over a header's end user
             row.end_user = _storable(data["user"])[: Generation._meta.get_field("end_user").max_length]
     else:
-        row.request = _storable(data) if not isinstance(data, list) else {"body": "(a JSON array)"}
+        # Not an object (refused by the door): only its type is kept, as it might be texts of any length.
+        row.request = {"body": f"(a JSON {type(data).__name__}, not an object)"}
     _describe(row, data, door.described)
     request: EmbeddingRequest = door.parse(data)
     problem = _unstorable(data)

@@ -340,6 +340,23 @@ def test_ollama_context_refusal_is_passed_on_clearly(gateway, embedder):
     assert rows(1)[0].error_type == "invalid_request"
 
 
+def test_ollama_capability_refusal_is_passed_on_clearly(gateway, embedder):
+    embedder.fault("status", paths="/api/embed", status=400, message='"qwen2.5:7b" does not support embeddings')
+    with pytest.raises(openai.BadRequestError) as raised:
+        openai_via(gateway).embeddings.create(model="qwen2.5:7b", input="x")
+    assert raised.value.body["message"] == 'Ollama rejected the request: "qwen2.5:7b" does not support embeddings.'
+    row = rows(1)[0]
+    assert (row.error_type, row.attempts) == ("invalid_request", 1)  # a 400 is never retried
+
+
+def test_a_body_that_is_no_object_is_refused_and_not_stored(gateway, embedder):
+    with gateway.client() as client:
+        response = client.post("/api/embed", json="a text that is the whole body")
+    assert response.status_code == 400
+    row = refused_row()
+    assert row.request == {"body": "(a JSON str, not an object)"} and row.inputs is None
+
+
 def test_a_chat_model_embeds_too_as_in_ollama(gateway, ollama):
     # Ollama's /api/embed runs any model; the gateway passes on what it answers.
     through = ollama_via(gateway).embed(model="qwen2.5:7b", input="x")
