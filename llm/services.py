@@ -9,6 +9,9 @@ Every front door (the native API in llm.views, the OpenAI and Ollama dialects in
 with its FrontDoor: its dialect and endpoint for the audit row, its body limit, and its parser from its wire
 format to the NeutralRequest. The parser runs inside `_begin`, after authentication, so that a request it refuses
 is audited with its consumer like any other.
+
+The embeddings use case (llm.embeddings) is built from the same steps: admit() with its own `prepare`, the
+upstream slot and the Deadline, ended() and record(); so "when is a row audited" has one answer for both.
 """
 
 from __future__ import annotations

@@ -441,3 +441,24 @@ def test_mock_vectors_are_deterministic_unit_length_and_sized(gateway, settings)
     assert other.embeddings[0] != first.embeddings[0]
     assert len(cut.data[0].embedding) == 32 and unit(cut.data[0].embedding)
     assert [(r.provider, r.dimensions) for r in rows(4)] == [("mock", 768)] * 3 + [("mock", 32)]
+
+
+# -- Open WebUI's RAG requests, as it sends them ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/embed", {"input": TEXTS, "model": MODEL, "truncate": True}),  # engine "ollama"
+    ("/v1/embeddings", {"input": TEXTS, "model": MODEL}),  # engine "openai"
+])
+def test_open_webui_rag_batches_with_its_user_headers(gateway, embedder, path, body):
+    headers = {"Authorization": f"Bearer {gateway.key}", "Content-Type": "application/json",
+               "X-OpenWebUI-User-Email": "alice@example.com", "X-OpenWebUI-User-Name": "Alice"}
+    response = httpx.post(f"{gateway.url}{path}", json=body, headers=headers, trust_env=False, timeout=10)
+    direct = httpx.post(f"{embedder.url}{path}", json=body, trust_env=False, timeout=10)
+
+    assert response.status_code == 200
+    vectors = response.json().get("embeddings") or [d["embedding"] for d in response.json()["data"]]
+    expected = direct.json().get("embeddings") or [d["embedding"] for d in direct.json()["data"]]
+    assert vectors == expected and len(vectors) == 3
+    row = rows(1)[0]
+    assert (row.end_user, row.input_count, row.status) == ("alice@example.com", 3, "succeeded")
