@@ -462,3 +462,26 @@ def test_open_webui_rag_batches_with_its_user_headers(gateway, embedder, path, b
     assert vectors == expected and len(vectors) == 3
     row = rows(1)[0]
     assert (row.end_user, row.input_count, row.status) == ("alice@example.com", 3, "succeeded")
+
+
+def test_the_consumers_max_concurrent_holds_for_embeddings(gateway, embedder, consumer):
+    import threading
+
+    Consumer.objects.filter(pk=consumer.pk).update(max_concurrent=1)
+    embedder.fault("slow", paths="/api/embed", times=1, delay=1.0)
+    answers = {}
+
+    def first():
+        with gateway.client() as client:
+            answers["first"] = client.post("/api/embed", json={"model": MODEL, "input": "slow"})
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert wait_for(lambda: embedder.running_total >= 1 or len(embed_requests(embedder)) >= 1)
+    with gateway.client() as client:
+        second = client.post("/api/embed", json={"model": MODEL, "input": "refused"})
+    thread.join()
+
+    assert answers["first"].status_code == 200
+    assert second.status_code == 429 and "max_concurrent=1" in second.json()["error"]
+    assert sorted(r.error_type for r in rows(2)) == ["", "rate_limited"]
