@@ -277,6 +277,15 @@ SPECS: tuple[SettingSpec, ...] = (
                      "and 0 are refused"),
     SettingSpec("NUM_CTX_MAX", "32768", _integer(1, 131072),
                 help="largest num_ctx a client may ask for: each new context size reloads the model for everyone"),
+    SettingSpec("EMBEDDING_MAX_INPUTS", "512", _integer(1, 100000),
+                help="most texts one embeddings request may carry (a list input is one call to Ollama)"),
+    SettingSpec("EMBEDDING_MAX_INPUT_CHARS", "524288", _integer(1, 64 * 1024 * 1024),
+                help="most characters the texts of one embeddings request may hold together"),
+    SettingSpec("EMBEDDING_MAX_DIMENSIONS", "8192", _integer(1, 65536),
+                help="largest `dimensions` an embeddings request may ask for"),
+    SettingSpec("EMBEDDING_STORED_INPUT_CHARS", "4096", _integer(0, 16 * 1024 * 1024),
+                help="characters of an embeddings request's texts kept on its audit row (the full count is "
+                     "recorded); 0: none; vectors are never stored"),
     SettingSpec("END_USER_HEADERS", "X-OpenWebUI-User-Email,X-OpenWebUI-User-Id,X-OpenWebUI-User-Name",
                 _header_list,
                 help="headers naming the end user behind a shared key, first present wins (OpenAI's `user` in "

@@ -438,6 +438,20 @@ def indexed_values_filter(column: str, title: str) -> type[IndexedValuesFilter]:
     return type(f"{column.title()}Filter", (IndexedValuesFilter,), {"parameter_name": column, "title": title})
 
 
+class KindFilter(admin.SimpleListFilter):
+    """Generations or embeddings: the choices are the code's, so showing them costs no query."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return Generation.Kind.choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(kind=value)
+
+
 @admin.register(Generation)
 class GenerationAdmin(StaffReadOnlyAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone.
@@ -448,7 +462,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
 
     # What a reviewer scans for; the rest is on the detail page.
     list_display = ("created", "status", "consumer", "role_task", "model", "latency", "error")
-    list_filter = ("status", indexed_values_filter("dialect", "dialect"), "consumer",
+    list_filter = ("status", KindFilter, indexed_values_filter("dialect", "dialect"), "consumer",
                    indexed_values_filter("provider", "provider"),
                    indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
                    indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
@@ -465,15 +479,26 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     paginator = CappedPaginator
     list_per_page = 50
     fieldsets = (
-        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at", "worker", "repeat_count")}),
+        (None, {"fields": ("id", "kind", "status", "http_status", "created_at", "finished_at", "worker",
+                           "repeat_count")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
                                 "template_version_link", "mode", "provider", "model", "stream", "end_user",
                                 "client_ip", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("tools_offered", "tool_results", "prompt_json")}),
+        ("Embeddings (the vectors are never stored)", {
+            "fields": ("input_count", "input_chars", "inputs_json", "dimensions")}),
         ("Outcome", {"fields": ("output_json", "calls_made", "thinking_text", "raw_output", "models_tried_json",
                                 "error_type", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
                                 "attempts", "latency_ms", "upstream_ms", "first_token_ms")}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        # An embedding row has inputs and no prompt, tools or output; a generation row the other way round.
+        if obj is None:
+            return self.fieldsets
+        embedding = obj.kind == Generation.Kind.EMBEDDING
+        hidden = "Prompt sent upstream" if embedding else "Embeddings (the vectors are never stored)"
+        return tuple(section for section in self.fieldsets if section[0] != hidden)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -553,6 +578,10 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     @admin.display(description="Messages")
     def prompt_json(self, obj):
         return _pretty(obj.prompt)
+
+    @admin.display(description="Inputs (as kept: EMBEDDING_STORED_INPUT_CHARS)")
+    def inputs_json(self, obj):
+        return _pretty(obj.inputs)
 
     @admin.display(description="Output")
     def output_json(self, obj):

@@ -296,6 +296,10 @@ class Generation(models.Model):
         OPENAI = "openai"
         OLLAMA = "ollama"
 
+    class Kind(models.TextChoices):
+        GENERATION = "generation"
+        EMBEDDING = "embedding"
+
     class Status(models.TextChoices):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
@@ -312,6 +316,10 @@ class Generation(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
+    # db_default too: a process still running the previous release inserts rows without this column.
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GENERATION,
+                            db_default=Kind.GENERATION,
+                            help_text="generation (chat, completion, template) or embedding (vectors, never stored).")
     dialect = models.CharField(max_length=8, choices=Dialect.choices, default=Dialect.NATIVE,
                                help_text="The front door the request came through.")
     endpoint = models.CharField(max_length=64, blank=True, help_text="The path it was sent to.")
@@ -340,6 +348,17 @@ class Generation(models.Model):
     # The hash is the key: the row keeps it, the definitions are stored once per distinct set.
     tool_set = models.ForeignKey(ToolSet, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                                  db_index=False, verbose_name="tools offered")
+
+    # Embeddings: what was asked, never the vectors. The texts are kept up to EMBEDDING_STORED_INPUT_CHARS per row.
+    inputs = models.JSONField(
+        null=True, blank=True,
+        help_text="Embeddings: the input texts, each cut so that together they hold at most "
+                  "EMBEDDING_STORED_INPUT_CHARS characters; the vectors are never stored.")
+    input_count = models.PositiveIntegerField(null=True, blank=True, help_text="Embeddings: the number of inputs.")
+    input_chars = models.PositiveIntegerField(null=True, blank=True,
+                                              help_text="Embeddings: the inputs' total size, in characters.")
+    dimensions = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="Embeddings: the length of the vectors returned.")
 
     error_type = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
@@ -384,7 +403,7 @@ class Generation(models.Model):
         indexes = [
             models.Index(fields=["created_at", "id"], name="gen_created"),
             *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
-              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type")),
+              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type", "kind")),
             # The admin's exact-match search by end user (the people behind a chat UI's shared key).
             models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
             # Which tool sets are still offered by a row (prune_audit); most rows offer none.
@@ -395,9 +414,9 @@ class Generation(models.Model):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
 
     # Every column that holds content a consumer sent or a model produced (messages, tool definitions, arguments
-    # and results, thinking, images' descriptions, end user), beside ToolSet.definitions. A consumer whose content
-    # must not be stored gets a hash of exactly these (a later issue): keep this list complete.
-    CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "end_user")
+    # and results, thinking, images' descriptions, embedding inputs, end user), beside ToolSet.definitions. A
+    # consumer whose content must not be stored gets a hash of exactly these (a later issue): keep this list complete.
+    CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "inputs", "end_user")
 
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
                 attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None,
@@ -438,7 +457,7 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls")
+                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "dimensions")
 
     def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms

@@ -9,6 +9,9 @@ Every front door (the native API in llm.views, the OpenAI and Ollama dialects in
 with its FrontDoor: its dialect and endpoint for the audit row, its body limit, and its parser from its wire
 format to the NeutralRequest. The parser runs inside `_begin`, after authentication, so that a request it refuses
 is audited with its consumer like any other.
+
+The embeddings use case (llm.embeddings) is built from the same steps: admit() with its own `prepare`, the
+upstream slot and the Deadline, ended() and record(); so "when is a row audited" has one answer for both.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class FrontDoor:
     images: Callable[[Any], Iterable[tuple[Any, Any, Callable]]] | None = None
     max_text_bytes: int | None = None
     any_content_type: bool = False
+    kind: str = Generation.Kind.GENERATION  # the use case behind the door: its rows' kind from the first
 
 
 @dataclass
@@ -163,32 +167,13 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     timing = Timing(started)
     counted = metrics.in_flight(dialect=door.dialect)
     counted.__enter__()
-    begin = asyncio.ensure_future(db_step(
-        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
-        content_type=content_type, started=started, caller=caller, door=door))
     try:
-        try:
-            begun = await asyncio.shield(begin)
-        except AuthThrottled as exc:
-            await _count_throttled(exc, started)
-            raise
-        except asyncio.CancelledError:
-            # The client left while the step ran: it runs to its end all the same (a step dropped before it
-            # started would leave no row at all), and the row it wrote is completed as the client's leaving.
-            try:
-                row = (await begin)[0]
-            except AuthThrottled as exc:
-                await _count_throttled(exc, started)
-                raise asyncio.CancelledError from None
-            except GatewayError:
-                raise asyncio.CancelledError from None  # its row is complete: the refusal
-            _release_consumer(row)
-            await _finish_failure(row, Route([]), _cancelled(None), started)
-            raise
+        row, (request, models, streamed) = await admit(
+            request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+            content_type=content_type, started=started, caller=caller, door=door, prepare=_prepare_generation)
     except BaseException:
         counted.__exit__()
         raise
-    row, request, models, streamed = begun
     task = asyncio.current_task()
     admission.register(task)
     route = Route(models)
@@ -221,26 +206,58 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                             latency_ms=_elapsed_ms(started), attempts=route.attempts,
                             finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
                             tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
-        except asyncio.CancelledError:
-            failure = _cancelled(task)
-            await _finish_failure(row, route, failure, started)
-            if isinstance(failure, ClientDisconnected):
-                raise
-            raise failure from None
-        except GatewayError as exc:
-            await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
-            raise
-        except Exception as exc:
-            failure = _unexpected(exc, row, "generation failed unexpectedly")
-            await _finish_failure(row, route, failure, started)
-            raise failure from None
-        await _record(row)
+        except (asyncio.CancelledError, Exception) as exc:
+            raise await ended(row, route, exc, started, task) from None
+        await record(row)
         return Answer(row, timing, reply)
     finally:
         admission.unregister(task)
         if not handed_over:
-            _release_consumer(row)
+            release_consumer(row)
             counted.__exit__()
+
+
+async def admit(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
+                started: float, caller: Caller, door: FrontDoor, prepare) -> tuple[Generation, Any]:
+    """Run the database step before the provider is called (_begin): the pending row and what `prepare` made of
+    the body; else raise the GatewayError answered, its row completed. One step for every use case."""
+    begin = asyncio.ensure_future(db_step(
+        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+        content_type=content_type, started=started, caller=caller, door=door, prepare=prepare))
+    try:
+        return await asyncio.shield(begin)
+    except AuthThrottled as exc:
+        await _count_throttled(exc, started)
+        raise
+    except asyncio.CancelledError:
+        # The client left while the step ran: it runs to its end all the same (a step dropped before it
+        # started would leave no row at all), and the row it wrote is completed as the client's leaving.
+        try:
+            row = (await begin)[0]
+        except AuthThrottled as exc:
+            await _count_throttled(exc, started)
+            raise asyncio.CancelledError from None
+        except GatewayError:
+            raise asyncio.CancelledError from None  # its row is complete: the refusal
+        release_consumer(row)
+        await _finish_failure(row, Route([]), _cancelled(None), started)
+        raise
+
+
+async def ended(row: Generation, route: Route, exc: BaseException, started: float,
+                task: asyncio.Task | None) -> BaseException:
+    """Complete the row of an attempt that the provider call (or the gateway around it) ended with `exc`; returns
+    what to raise: the GatewayError answered, or the cancellation of a client that went away."""
+    if isinstance(exc, asyncio.CancelledError):
+        failure = _cancelled(task)
+        await _finish_failure(row, route, failure, started)
+        return exc if isinstance(failure, ClientDisconnected) else failure
+    if isinstance(exc, GatewayError):
+        await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
+        return exc
+    failure = _unexpected(exc, row, f"{row.kind} failed unexpectedly")
+    await _finish_failure(row, route, failure, started)
+    return failure
 
 
 async def _count_throttled(exc: AuthThrottled, started: float) -> None:
@@ -309,17 +326,17 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
         except Exception as exc:
             failure = _unexpected(exc, row, "stream's outcome not settled")
             _fail(row, failure, started, http_status=200, **sent.recorded())
-        await _record(row)
+        await record(row)
     finally:
         if row.status == Generation.Status.PENDING:
             # Only reached past an error that escaped the code above (or cancelled the write): still one row.
             _fail(row, GatewayError("The stream ended unexpectedly."), started, http_status=200,
                   **sent.recorded())
-            await _record(row)
+            await record(row)
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
-        _release_consumer(row)
+        release_consumer(row)
         counted.__exit__()
     if leaving is not None:
         raise leaving
@@ -451,7 +468,7 @@ class Deadline:
             ) from None
 
 
-def _release_consumer(row: Generation) -> None:
+def release_consumer(row: Generation) -> None:
     if row.consumer_id is not None:
         admission.release_consumer_slot(row.consumer_id)
 
@@ -461,10 +478,10 @@ async def _finish_failure(row: Generation, route: Route, exc: GatewayError, star
     row.models_tried = route.tried
     _fail(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
           raw_output=raw_output, attempts=route.attempts)
-    await _record(row)
+    await record(row)
 
 
-async def _record(row: Generation) -> None:
+async def record(row: Generation) -> None:
     """Write the row's outcome in a database step that runs to the end even if the request is cancelled meanwhile."""
     await asyncio.shield(db_step(_write_outcome, row))
 
@@ -476,15 +493,18 @@ def _unexpected(exc: BaseException, row: Generation, what: str) -> GatewayError:
 
 
 def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
-           started: float, caller: Caller, door: FrontDoor):
+           started: float, caller: Caller, door: FrontDoor, prepare):
     """The database step before the provider is called: admit, validate, and write the pending row.
 
-    Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
+    `prepare(row, data, door, caller, body_size)` is the use case's own part: it reads the parsed body into the
+    request it sends, filling the row's columns. Returns (row, what prepare returned); raises the GatewayError
+    answered, with its row completed.
     """
     # A Content-Length is whatever the client wrote (99999999999): the column holds up to 2**31 - 1 everywhere.
     row = Generation(id=request_id, request_bytes=min(body_size, MAX_REQUEST_BYTES),
                      client_ip=caller.client_ip or None, user_agent=(caller.user_agent or "")[:512],
                      dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length],
+                     kind=door.kind,
                      worker=process_name.current())
     slot_taken = False
     try:
@@ -505,21 +525,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
             data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
                           text_limit=door.max_text_bytes if large else None)
-            if door.images is not None:
-                _read_images(data, door, body_size)
-            if door.masks_secrets:
-                # Secrets are masked first: neither the audit log nor the model ever sees them.
-                data = mask_secrets(data, settings.REDACT_KEYS)
-            row.request = _storable(data)
-            _describe(row, data, door.described)
-            neutral = door.parse(data)
-            problem = _unstorable(data)
-            if problem:
-                raise InvalidRequest(f"The request is invalid: {problem}.")
-            request, models = _resolve(neutral, row, caller)
-            if request.tools:
-                _keep_tool_set(row, request)
-            streamed = neutral.stream
+            prepared = prepare(row, data, door, caller, body_size)
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
         except AuthThrottled as exc:
@@ -547,9 +553,6 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             raise failure from None
 
         row.provider = get_provider().name
-        row.prompt = _storable(audit_prompt(request.messages, request.completion))
-        row.model = request.model[: Generation.SHORT]
-        row.stream = streamed
         try:
             row.save(force_insert=True)
         except DatabaseError as exc:
@@ -564,7 +567,30 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
         if slot_taken:
             admission.release_consumer_slot(row.consumer_id)
         raise
-    return row, request, models, streamed
+    return row, prepared
+
+
+def _prepare_generation(row: Generation, data, door: FrontDoor, caller: Caller, body_size: int):
+    """A generation's part of the step before the provider: images read, secrets masked, the body parsed into the
+    request and the models to try. Returns (request, models, streamed)."""
+    if door.images is not None:
+        _read_images(data, door, body_size)
+    if door.masks_secrets:
+        # Secrets are masked first: neither the audit log nor the model ever sees them.
+        data = mask_secrets(data, settings.REDACT_KEYS)
+    row.request = _storable(data)
+    _describe(row, data, door.described)
+    neutral = door.parse(data)
+    problem = _unstorable(data)
+    if problem:
+        raise InvalidRequest(f"The request is invalid: {problem}.")
+    request, models = _resolve(neutral, row, caller)
+    if request.tools:
+        _keep_tool_set(row, request)
+    row.prompt = _storable(audit_prompt(request.messages, request.completion))
+    row.model = request.model[: Generation.SHORT]
+    row.stream = neutral.stream
+    return request, models, neutral.stream
 
 
 def _authenticate(caller: Caller) -> None:
