@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, failed_keys, large_bodies, metrics, model_access, rate_limits
+from llm import admission, api_keys, audit_spool, content_hmac, failed_keys, large_bodies, metrics, model_access, rate_limits
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
                         RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
@@ -470,8 +470,14 @@ async def _record(row: Generation) -> None:
 
 
 def _unexpected(exc: BaseException, row: Generation, what: str) -> GatewayError:
-    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500."""
-    logger.error(what, exc_info=exc, extra={"request_id": str(row.id), "error_class": exc.__class__.__name__})
+    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500.
+
+    A metadata-only row's is logged without the exception's message, which may quote the content."""
+    extra = {"request_id": str(row.id), "error_class": exc.__class__.__name__}
+    if row.content_stored:
+        logger.error(what, exc_info=exc, extra=extra)
+    else:
+        logger.error(what, extra={**extra, "traceback": content_hmac.frames_only(exc)})
     return GatewayError(f"Unexpected gateway error ({exc.__class__.__name__}); it is logged with this request's id.")
 
 
@@ -493,6 +499,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
+                # A metadata-only consumer's row is written, spooled and logged without content (Generation.save).
+                row.content_stored = not known_key.consumer.metadata_only
             _admit(caller.api_key, caller.refusal)
             if door.any_content_type:
                 # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
@@ -517,7 +525,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             if problem:
                 raise InvalidRequest(f"The request is invalid: {problem}.")
             request, models = _resolve(neutral, row, caller)
-            if request.tools:
+            if request.tools and row.content_stored:
+                # A metadata-only row keeps no tool definitions: its request's HMAC covers them.
                 _keep_tool_set(row, request)
             streamed = neutral.stream
             admission.take_consumer_slot(caller.api_key.consumer)
@@ -691,8 +700,10 @@ def _finite_float(text: str) -> float:
 
 
 def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
-    """Fill the audit columns from the raw request, as far as they can be read, before validation."""
-    if not isinstance(data, dict):
+    """Fill the audit columns from the raw request, as far as they can be read, before validation.
+
+    Not for a metadata-only row: what a refused body says is content; validation fills in what it accepts."""
+    if not isinstance(data, dict) or not row.content_stored:
         return
     for column in columns:
         value = data.get(column)
@@ -727,6 +738,7 @@ def _resolve(neutral: NeutralRequest, row: Generation, caller: Caller) -> tuple[
 def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer):
     version = current_version_for(neutral.role, neutral.task)
     row.template_version = version
+    row.role, row.task = version.template.role, version.template.task
     mode = neutral.mode or version.mode
     row.mode = mode
     models = candidate_models(version, neutral.model, consumer)
