@@ -499,9 +499,14 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     def role_task(self, obj):
         # <wbr>: a long task name may wrap after the slash instead of widening the table.
         if obj.role or obj.task:
-            return format_html("{}/<wbr>{}", obj.role, obj.task)
-        # A raw chat through a compatible endpoint has no template: its dialect's endpoint says what it was.
-        return format_html("{} {}", obj.dialect, obj.endpoint) if obj.endpoint else "—"
+            asked = format_html("{}/<wbr>{}", obj.role, obj.task)
+        else:
+            # A raw chat through a compatible endpoint has no template: its dialect's endpoint says what it was.
+            asked = format_html("{} {}", obj.dialect, obj.endpoint) if obj.endpoint else "—"
+        if obj.content_stored:
+            return asked
+        # A metadata-only consumer's row says so in the list (its page shows the HMACs).
+        return format_html('{}<br><span class="content-withheld">{}</span>', asked, WITHHELD)
 
     @admin.display(description="Error type")
     def error(self, obj):
@@ -512,13 +517,6 @@ class GenerationAdmin(StaffReadOnlyAdmin):
             return format_html('{} <span class="repeat-count" title="requests this row counts">×{}</span>',
                                shown, obj.repeat_count)
         return shown
-
-    @admin.display(description="Status", ordering="status")
-    def status(self, obj):
-        # A metadata-only consumer's row says so in the list (its page shows the HMACs).
-        if obj.content_stored:
-            return obj.status
-        return format_html('{}<br><span class="content-withheld">{}</span>', obj.status, WITHHELD)
 
     @admin.display(description="Latency", ordering="latency_ms")
     def latency(self, obj):

@@ -8,6 +8,7 @@ sorted keys, no spaces, non-ASCII characters as they are.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -16,6 +17,10 @@ import traceback
 from django.conf import settings
 
 from gateway_project.middleware import annotate_request_log
+
+# Set in the task of a metadata-only consumer's generation: what is logged there (the provider's conditions) says
+# nothing that may quote content.
+_withheld = contextvars.ContextVar("content_withheld", default=False)
 
 # The derivation's label: a key derived from SECRET_KEY for this purpose only, never SECRET_KEY itself.
 DERIVATION_LABEL = b"llm-gateway content hmac v1"
@@ -60,3 +65,12 @@ def withhold_from_log(request, client_ip: str | None) -> None:
     llm.errors.annotate_error), which may quote what Ollama answered."""
     annotate_request_log(request, content_stored=False, client_ip=None,
                          client_ip_hmac=digest(client_ip)["hmac_sha256"] if client_ip else None)
+
+
+def withhold_here() -> None:
+    """From here on in this task (a metadata-only consumer's generation), logs carry no content."""
+    _withheld.set(True)
+
+
+def withheld_here() -> bool:
+    return _withheld.get()
