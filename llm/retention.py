@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from diagnostics.models import ConnectionCheck
@@ -161,15 +161,7 @@ def strip_content(*, consumer, batch_size: int = BATCH_SIZE) -> StripResult:
             rows = list(batch.select_for_update()[:batch_size])
             if not rows:
                 break
-            for row in rows:
-                row.content_stored = False
-                with row.stored_form():
-                    pass  # computes content_hmac from the content in memory
-                row.tool_set_id = None
-                for name in Generation.WITHHELD_FIELDS:
-                    setattr(row, name, None if Generation._meta.get_field(name).null else "")
-            Generation.objects.bulk_update(
-                rows, [*Generation.WITHHELD_FIELDS, "content_stored", "content_hmac", "tool_set"])
+            _write_stripped(rows)
         result.generations += len(rows)
         result.batches += 1
         last = (rows[-1].created_at, rows[-1].id)
@@ -179,3 +171,24 @@ def strip_content(*, consumer, batch_size: int = BATCH_SIZE) -> StripResult:
     result.tool_sets = _delete_unused_tool_sets(timezone.now() - longest_request())
     result.seconds = time.monotonic() - started
     return result
+
+
+def _write_stripped(rows: list[Generation]) -> None:
+    """Each row as a metadata-only row is stored (Generation.stored_form), in one executemany of UPDATEs by id:
+    bulk_update's CASE expressions cost the batch squared (24 s for 2,000 rows on PostgreSQL) and an UPDATE per
+    row through the ORM a round trip each."""
+    names = [*Generation.WITHHELD_FIELDS, "content_stored", "content_hmac", "tool_set"]
+    fields = [Generation._meta.get_field(name) for name in names]
+    key = Generation._meta.pk
+    params = []
+    for row in rows:
+        row.content_stored = False
+        row.tool_set_id = None
+        with row.stored_form():
+            params.append([*(field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields),
+                           key.get_db_prep_save(row.pk, connection)])
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {quote(Generation._meta.db_table)} SET {assignments} WHERE {quote(key.column)} = %s",
+                           params)

@@ -112,6 +112,12 @@ def assert_kept_nowhere(caplog, spool_dir, client=None) -> None:
     assert_nowhere(every_stored_value(), "the database")
     assert_nowhere(dumpdata(), "dumpdata")
     assert_nowhere(log_text(caplog), "the logs")
+    # The request's log line: the client's address as its HMAC, no error detail (Ollama's answer).
+    lines = [r for r in caplog.records if r.name == "gateway.request" and getattr(r, "consumer", "") == "test-team"]
+    assert lines
+    for line in lines:
+        assert line.client_ip is None and line.client_ip_hmac == content_hmac.digest("127.0.0.1")["hmac_sha256"]
+        assert line.content_stored is False and not hasattr(line, "error_detail")
     assert_nowhere(spool_text(spool_dir), "the audit spool")
     if client is not None:
         pages = [client.get(reverse("admin:llm_generation_changelist")).content.decode()]
@@ -434,3 +440,26 @@ def test_every_column_is_either_withheld_or_named_metadata():
     assert not unclassified, f"classify {sorted(unclassified)}: content (Generation.CONTENT_FIELDS) or metadata"
     assert not set(Generation.WITHHELD_FIELDS) & METADATA_FIELDS
     assert set(Generation.CONTENT_FIELDS) <= set(Generation.WITHHELD_FIELDS)
+
+
+def test_the_key_is_masked_and_a_derived_key_is_warned_about(client, staff_user, settings):
+    client.force_login(staff_user)
+    settings.CONTENT_HMAC_KEY = ""
+    body = client.get("/api/v1/debug/settings").json()
+    assert any("CONTENT_HMAC_KEY is not set" in warning for warning in body["warnings"])
+    derived = content_hmac.digest("x")
+
+    settings.CONTENT_HMAC_KEY = "a-dedicated-key-of-32-characters"
+    response = client.get("/api/v1/debug/settings")
+    body = response.json()
+    assert not any("CONTENT_HMAC_KEY" in warning for warning in body["warnings"])
+    [shown] = [row for row in body["settings"] if row["name"] == "CONTENT_HMAC_KEY"]
+    assert shown["secret"] is True and "a-dedicated-key" not in response.content.decode()
+    assert content_hmac.digest("x") != derived
+
+
+def test_an_invalid_key_is_refused_at_start(gateway_env):
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="CONTENT_HMAC_KEY"):
+        gateway_env({"CONTENT_HMAC_KEY": "short"})
