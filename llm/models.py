@@ -423,22 +423,25 @@ class Generation(models.Model):
         if self.content_stored:
             return super().save(*args, **kwargs)
         update_fields = kwargs.get("update_fields")
+        withheld = self.WITHHELD_FIELDS
         if update_fields is not None:
+            # The outcome's update hashes just the outcome's fields: the request's HMACs were written with the row.
+            withheld = [name for name in withheld if name in update_fields]
             kwargs["update_fields"] = (*update_fields, "content_hmac")
-        with self.stored_form():
+        with self.stored_form(withheld):
             return super().save(*args, **kwargs)
 
     @contextmanager
-    def stored_form(self):
+    def stored_form(self, withheld=WITHHELD_FIELDS):
         """Within it, the row as the database, the spool and the logs may have it: for a metadata-only row, the
         withheld fields empty and content_hmac their HMACs and lengths; afterwards the content is back in memory,
         for the reply to the client. A row whose content is stored is left as it is."""
         if self.content_stored:
             yield self
             return
-        kept = {name: getattr(self, name) for name in self.WITHHELD_FIELDS}
+        kept = {name: getattr(self, name) for name in withheld}
         self.content_hmac = {**(self.content_hmac or {}), **content_digests(kept)} or None
-        for name in self.WITHHELD_FIELDS:
+        for name in kept:
             setattr(self, name, None if self._meta.get_field(name).null else "")
         try:
             yield self

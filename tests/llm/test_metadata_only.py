@@ -463,3 +463,11 @@ def test_an_invalid_key_is_refused_at_start(gateway_env):
 
     with pytest.raises(ImproperlyConfigured, match="CONTENT_HMAC_KEY"):
         gateway_env({"CONTENT_HMAC_KEY": "short"})
+
+
+def test_prune_audit_strip_content_dry_run_counts_and_changes_nothing(consumer):
+    Generation.objects.create(consumer=consumer, status="succeeded", prompt=[{"role": "user", "content": CANARY}])
+    out = StringIO()
+    call_command("prune_audit", "--strip-content", "--consumer", "test-team", "--dry-run", stdout=out)
+    assert "would strip the content of 1 generations" in out.getvalue()
+    assert Generation.objects.get().content_stored is True
