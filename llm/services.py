@@ -547,7 +547,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
         except DatabaseError as exc:
             # Reading the prompt template is the first database query of a generation.
             logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
-                                                                              "error": str(exc)})
+                                                                              "error": _described(exc)})
             refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
                                        "Try again later.")
             # If the database is down altogether, the row is kept in the audit spool (or, if even that fails,

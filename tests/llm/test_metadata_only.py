@@ -471,3 +471,18 @@ def test_prune_audit_strip_content_dry_run_counts_and_changes_nothing(consumer):
     call_command("prune_audit", "--strip-content", "--consumer", "test-team", "--dry-run", stdout=out)
     assert "would strip the content of 1 generations" in out.getvalue()
     assert Generation.objects.get().content_stored is True
+
+
+def test_a_refused_key_of_such_a_consumer_keeps_no_content(gateway, metadata_only, logs):
+    from llm.models import ApiKey
+
+    ApiKey.objects.filter(consumer=metadata_only).update(revoked_at=timezone.now())
+    with gateway.client() as http:
+        response = http.post("/v1/chat/completions", headers=END_USER_HEADER,
+                             json={"model": MODEL, "messages": [{"role": "user", "content": CANARY}]})
+    assert response.status_code == 401
+    [row] = finished(1)
+    assert row.consumer == metadata_only and row.content_stored is False and row.client_ip is None
+    assert row.request is None and "error_message" in row.content_hmac
+    assert_nowhere(every_stored_value(), "the database")
+    assert_nowhere(log_text(logs), "the logs")
