@@ -486,3 +486,23 @@ def test_a_refused_key_of_such_a_consumer_keeps_no_content(gateway, metadata_onl
     assert row.request is None and "error_message" in row.content_hmac
     assert_nowhere(every_stored_value(), "the database")
     assert_nowhere(log_text(logs), "the logs")
+
+
+def test_a_refused_pending_insert_is_spooled_hashed(gateway, metadata_only, ollama, logs, audit_spool_dir, settings):
+    """The table cannot be written at all: the refusal's whole row, request included, goes to the spool."""
+    from tests.conftest import table_missing
+
+    settings.AUDIT_SPOOL_REPLAY_SECONDS = 3600
+    with table_missing("llm_generation"):
+        with gateway.client() as http:
+            response = http.post("/v1/chat/completions", headers=END_USER_HEADER,
+                                 json={"model": MODEL, "messages": [{"role": "user", "content": CANARY}]})
+        assert response.status_code == 503
+        [path] = audit_spool_dir.glob("*.json")
+        kept = json.loads(path.read_text())[0]["fields"]
+    assert {"request", "end_user", "client_ip"} <= set(kept["content_hmac"]) and kept["request"] is None
+    assert_nowhere(spool_text(audit_spool_dir), "the audit spool")
+    assert_nowhere(log_text(logs), "the logs")
+    assert audit_spool.replay().written == 1
+    assert Generation.objects.get().content_stored is False
+    assert_nowhere(every_stored_value(), "the database")
