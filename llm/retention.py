@@ -189,6 +189,6 @@ def _write_stripped(rows: list[Generation]) -> None:
                            key.get_db_prep_save(row.pk, connection)])
     quote = connection.ops.quote_name
     assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    statement = f"UPDATE {quote(Generation._meta.db_table)} SET {assignments} WHERE {quote(key.column)} = %s"
     with connection.cursor() as cursor:
-        cursor.executemany(f"UPDATE {quote(Generation._meta.db_table)} SET {assignments} WHERE {quote(key.column)} = %s",
-                           params)
+        cursor.executemany(statement, params)

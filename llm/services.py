@@ -29,7 +29,8 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, content_hmac, failed_keys, large_bodies, metrics, model_access, rate_limits
+from llm import (admission, api_keys, audit_spool, content_hmac, failed_keys, large_bodies, metrics, model_access,
+                 rate_limits)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
                         RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
