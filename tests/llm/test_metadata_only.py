@@ -328,15 +328,27 @@ def test_a_normal_consumers_rows_keep_their_content(gateway, metadata_only, olla
     assert withheld.content_stored is False and withheld.client_ip is None and withheld.tool_set_id is None
 
 
-def test_metrics_and_usage_count_them_as_usual(gateway, metadata_only, ollama, staff_user):
+def test_metrics_and_usage_count_them_as_usual(gateway, metadata_only, ollama):
+    from tests.llm.test_metrics import Delta
+
+    delta = Delta()
     with gateway.client() as http:
         assert http.post("/v1/chat/completions", json={"model": MODEL, "messages": [
             {"role": "user", "content": "Count me"}]}).status_code == 200
     [row] = finished(1)
     assert row.prompt_tokens and row.completion_tokens
-    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=10) as http:
-        metrics = http.get("/metrics", auth=(staff_user.username, "correct-horse-battery")).text
-    assert 'consumer="test-team"' in metrics
+    labels = {"model": MODEL, "consumer": "test-team", "dialect": "openai"}
+    assert wait_for(lambda: delta("llm_gateway_requests_total", outcome="succeeded", error_type="none", **labels))
+    assert delta("llm_gateway_requests_total", outcome="succeeded", error_type="none", **labels) == 1
+    assert delta("llm_gateway_tokens_total", type="completion", **labels) == row.completion_tokens
+    # The usage rollup (the dashboard's source) counts the row and its tokens.
+    from llm import usage
+    from llm.models import UsageHour
+
+    usage.fold(until=timezone.now() + timedelta(hours=1))
+    [hour] = UsageHour.objects.filter(consumer=row.consumer)
+    assert (hour.requests, hour.succeeded, hour.prompt_tokens, hour.completion_tokens) == (
+        1, 1, row.prompt_tokens, row.completion_tokens)
 
 
 def test_changing_the_setting_applies_to_new_rows_only(gateway, consumer, ollama):
