@@ -67,9 +67,11 @@ def withhold_from_log(request, client_ip: str | None) -> None:
                          client_ip_hmac=digest(client_ip)["hmac_sha256"] if client_ip else None)
 
 
-def withhold_here() -> None:
-    """From here on in this task (a metadata-only consumer's generation), logs carry no content."""
-    _withheld.set(True)
+def withhold_here(withheld: bool) -> None:
+    """From here on in this task, logs carry no content (a metadata-only consumer's generation) or may.
+
+    Set by every generation, either way: a test client copies a request's context back into its caller's."""
+    _withheld.set(withheld)
 
 
 def withheld_here() -> bool:

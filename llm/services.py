@@ -190,8 +190,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         counted.__exit__()
         raise
     row, request, models, streamed = begun
-    if not row.content_stored:
-        content_hmac.withhold_here()  # what the provider logs of Ollama's errors, too
+    content_hmac.withhold_here(not row.content_stored)  # what the provider logs of Ollama's errors, too
     task = asyncio.current_task()
     admission.register(task)
     route = Route(models)
@@ -283,8 +282,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
     try:
         try:
             yield None
-            if not row.content_stored:
-                content_hmac.withhold_here()  # in the task that drives the response, too
+            content_hmac.withhold_here(not row.content_stored)  # in the task that drives the response, too
             # The task that drives the response: the one to end when the worker stops.
             task = asyncio.current_task()
             admission.register(task)
