@@ -432,14 +432,14 @@ class Generation(models.Model):
             return super().save(*args, **kwargs)
 
     @contextmanager
-    def stored_form(self, withheld=WITHHELD_FIELDS):
+    def stored_form(self, withheld=None):
         """Within it, the row as the database, the spool and the logs may have it: for a metadata-only row, the
         withheld fields empty and content_hmac their HMACs and lengths; afterwards the content is back in memory,
         for the reply to the client. A row whose content is stored is left as it is."""
         if self.content_stored:
             yield self
             return
-        kept = {name: getattr(self, name) for name in withheld}
+        kept = {name: getattr(self, name) for name in (self.WITHHELD_FIELDS if withheld is None else withheld)}
         self.content_hmac = {**(self.content_hmac or {}), **content_digests(kept)} or None
         for name in kept:
             setattr(self, name, None if self._meta.get_field(name).null else "")

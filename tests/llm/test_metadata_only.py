@@ -518,3 +518,15 @@ def test_a_refused_pending_insert_is_spooled_hashed(gateway, metadata_only, olla
     assert audit_spool.replay().written == 1
     assert Generation.objects.get().content_stored is False
     assert_nowhere(every_stored_value(), "the database")
+
+
+def test_a_field_added_to_the_content_fields_is_withheld_everywhere(gateway, metadata_only, ollama, monkeypatch,
+                                                                     audit_spool_dir):
+    """The hashing is generic over the list: a content column added later (embedding inputs) needs no other code."""
+    monkeypatch.setattr(Generation, "WITHHELD_FIELDS", (*Generation.WITHHELD_FIELDS, "user_agent"))
+    with httpx.Client(base_url=gateway.url, trust_env=False, timeout=10) as http:
+        http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+                  headers={"Authorization": f"Bearer {gateway.key}", "User-Agent": f"agent-{CANARY}"})
+    [row] = finished(1)
+    assert row.user_agent == "" and row.content_hmac["user_agent"] == content_hmac.digest(f"agent-{CANARY}")
+    assert_nowhere(every_stored_value(), "the database")
