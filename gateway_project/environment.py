@@ -321,6 +321,9 @@ SPECS: tuple[SettingSpec, ...] = (
                      "then dropped (counted in /metrics and logged)"),
     SettingSpec("METRICS_TOKEN", "", _token, secret=True,
                 help="bearer token the Prometheus scraper sends to GET /metrics; empty: only staff users may read it"),
+    SettingSpec("CONTENT_HMAC_KEY", "", _token, secret=True,
+                help="key of the HMAC-SHA-256 kept in place of a metadata-only consumer's content (16+ characters); "
+                     "empty: derived from SECRET_KEY"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),
     SettingSpec("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), help="log level of the gateway"),
 )

@@ -85,6 +85,9 @@ AUDIT_SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
 AUDIT_SPOOL_REPLAY_SECONDS = 5.0
 # GET /metrics: the scraper's bearer token; empty: staff users only.
 METRICS_TOKEN = env["METRICS_TOKEN"]
+# The key of the HMACs a metadata-only consumer's rows keep in place of content (llm.content_hmac); empty: a key
+# derived from SECRET_KEY (diagnostics warns: rotating SECRET_KEY would then change every HMAC).
+CONTENT_HMAC_KEY = env["CONTENT_HMAC_KEY"]
 
 INSTALLED_APPS = [
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site

@@ -6,6 +6,7 @@ The audit log holds one Generation row per attempt to generate.
 import hashlib
 import json
 import uuid
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -14,6 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from llm import prompts
+from llm.content_hmac import digests as content_digests
 from llm.output_schema import schema_problem
 from llm.request_rules import OllamaOptionsSerializer
 
@@ -166,6 +168,12 @@ class Consumer(models.Model):
         default=False,
         help_text="Barred from raw prompts: its keys may use the native template API only, not the OpenAI- or "
                   "Ollama-compatible chat endpoints.")
+    # db_default too: a process still running the previous release inserts consumers without this column.
+    metadata_only = models.BooleanField(
+        default=False, db_default=False, verbose_name="metadata only",
+        help_text="Its generations' content is not stored: prompts, outputs, tool calls and definitions, embedding "
+                  "inputs, end user, client IP and error messages are kept as an HMAC-SHA-256 and a length (CONTENT_HMAC_KEY). "
+                  "Applies to new rows; prune_audit --strip-content --consumer NAME strips older ones.")
     created_at = models.DateTimeField(default=timezone.now)
 
     # DRF's request.user for a request authenticated by one of this consumer's keys.
@@ -393,6 +401,14 @@ class Generation(models.Model):
         default=1, db_default=1,
         help_text="Requests this row stands for: 1, except for the refusals of a client address past "
                   "FAILED_KEYS_PER_MINUTE, counted in one row per address and minute.")
+    content_stored = models.BooleanField(
+        default=True, db_default=True,
+        help_text="False: its consumer was metadata only (or prune_audit --strip-content ran): the content "
+                  "fields are empty and content_hmac holds their HMACs and lengths.")
+    content_hmac = models.JSONField(
+        null=True, blank=True, verbose_name="content HMACs",
+        help_text='For a row whose content is not stored: {"field": {"hmac_sha256": ..., "length": ...}} for each '
+                  "content field that held something.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -415,8 +431,43 @@ class Generation(models.Model):
 
     # Every column that holds content a consumer sent or a model produced (messages, tool definitions, arguments
     # and results, thinking, images' descriptions, embedding inputs, end user), beside ToolSet.definitions. A
-    # consumer whose content must not be stored gets a hash of exactly these (a later issue): keep this list complete.
+    # metadata-only consumer's rows keep an HMAC and a length of exactly these (WITHHELD_FIELDS): keep this list
+    # complete.
     CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "inputs", "end_user")
+    # What a metadata-only row withholds besides: who sent it from where, and error messages, which may quote a
+    # refused value or Ollama's answer. Every other column is metadata (tests/llm/test_metadata_only.py).
+    WITHHELD_FIELDS = (*CONTENT_FIELDS, "client_ip", "error_message")
+
+    def save(self, *args, **kwargs):
+        """Save; a row whose content is not stored is written as it is kept (see stored_form)."""
+        if self.content_stored:
+            return super().save(*args, **kwargs)
+        update_fields = kwargs.get("update_fields")
+        withheld = self.WITHHELD_FIELDS
+        if update_fields is not None:
+            # The outcome's update hashes just the outcome's fields: the request's HMACs were written with the row.
+            withheld = [name for name in withheld if name in update_fields]
+            kwargs["update_fields"] = (*update_fields, "content_hmac")
+        with self.stored_form(withheld):
+            return super().save(*args, **kwargs)
+
+    @contextmanager
+    def stored_form(self, withheld=None):
+        """Within it, the row as the database, the spool and the logs may have it: for a metadata-only row, the
+        withheld fields empty and content_hmac their HMACs and lengths; afterwards the content is back in memory,
+        for the reply to the client. A row whose content is stored is left as it is."""
+        if self.content_stored:
+            yield self
+            return
+        kept = {name: getattr(self, name) for name in (self.WITHHELD_FIELDS if withheld is None else withheld)}
+        self.content_hmac = {**(self.content_hmac or {}), **content_digests(kept)} or None
+        for name in kept:
+            setattr(self, name, None if self._meta.get_field(name).null else "")
+        try:
+            yield self
+        finally:
+            for name, value in kept.items():
+                setattr(self, name, value)
 
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
                 attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None,

@@ -32,7 +32,8 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, failed_keys, large_bodies, metrics, model_access, rate_limits
+from llm import (admission, api_keys, audit_spool, content_hmac, failed_keys, large_bodies, metrics, model_access,
+                 rate_limits)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
                         RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
@@ -225,7 +226,7 @@ async def admit(*, request_id: UUID, body: bytes, body_size: int, body_timed_out
         _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
         content_type=content_type, started=started, caller=caller, door=door, prepare=prepare))
     try:
-        return await asyncio.shield(begin)
+        admitted = await asyncio.shield(begin)
     except AuthThrottled as exc:
         await _count_throttled(exc, started)
         raise
@@ -242,6 +243,9 @@ async def admit(*, request_id: UUID, body: bytes, body_size: int, body_timed_out
         release_consumer(row)
         await _finish_failure(row, Route([]), _cancelled(None), started)
         raise
+    # A metadata-only row's content stays out of what this task logs (the provider's excerpts of Ollama's errors too).
+    content_hmac.withhold_here(not admitted[0].content_stored)
+    return admitted
 
 
 async def ended(row: Generation, route: Route, exc: BaseException, started: float,
@@ -297,6 +301,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
     try:
         try:
             yield None
+            content_hmac.withhold_here(not row.content_stored)  # in the task that drives the response, too
             # The task that drives the response: the one to end when the worker stops.
             task = asyncio.current_task()
             admission.register(task)
@@ -487,8 +492,14 @@ async def record(row: Generation) -> None:
 
 
 def _unexpected(exc: BaseException, row: Generation, what: str) -> GatewayError:
-    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500."""
-    logger.error(what, exc_info=exc, extra={"request_id": str(row.id), "error_class": exc.__class__.__name__})
+    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500.
+
+    A metadata-only row's is logged without the exception's message, which may quote the content."""
+    extra = {"request_id": str(row.id), "error_class": exc.__class__.__name__}
+    if row.content_stored:
+        logger.error(what, exc_info=exc, extra=extra)
+    else:
+        logger.error(what, extra={**extra, "traceback": content_hmac.frames_only(exc)})
     return GatewayError(f"Unexpected gateway error ({exc.__class__.__name__}); it is logged with this request's id.")
 
 
@@ -513,6 +524,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
+                # A metadata-only consumer's row is written, spooled and logged without content (Generation.save).
+                row.content_stored = not known_key.consumer.metadata_only
             _admit(caller.api_key, caller.refusal)
             if door.any_content_type:
                 # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
@@ -540,7 +553,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
         except DatabaseError as exc:
             # Reading the prompt template is the first database query of a generation.
             logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
-                                                                              "error": str(exc)})
+                                                                              "error": _described(exc)})
             refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
                                        "Try again later.")
             # If the database is down altogether, the row is kept in the audit spool (or, if even that fails,
@@ -585,7 +598,8 @@ def _prepare_generation(row: Generation, data, door: FrontDoor, caller: Caller, 
     if problem:
         raise InvalidRequest(f"The request is invalid: {problem}.")
     request, models = _resolve(neutral, row, caller)
-    if request.tools:
+    if request.tools and row.content_stored:
+        # A metadata-only row keeps no tool definitions: its request's HMAC covers them.
         _keep_tool_set(row, request)
     row.prompt = _storable(audit_prompt(request.messages, request.completion))
     row.model = request.model[: Generation.SHORT]
@@ -717,8 +731,10 @@ def _finite_float(text: str) -> float:
 
 
 def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
-    """Fill the audit columns from the raw request, as far as they can be read, before validation."""
-    if not isinstance(data, dict):
+    """Fill the audit columns from the raw request, as far as they can be read, before validation.
+
+    Not for a metadata-only row: what a refused body says is content; validation fills in what it accepts."""
+    if not isinstance(data, dict) or not row.content_stored:
         return
     for column in columns:
         value = data.get(column)
@@ -753,6 +769,7 @@ def _resolve(neutral: NeutralRequest, row: Generation, caller: Caller) -> tuple[
 def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer):
     version = current_version_for(neutral.role, neutral.task)
     row.template_version = version
+    row.role, row.task = version.template.role, version.template.task
     mode = neutral.mode or version.mode
     row.mode = mode
     models = candidate_models(version, neutral.model, consumer)

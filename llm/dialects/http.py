@@ -12,7 +12,7 @@ from django.http import HttpResponse
 
 from gateway_project import request_body
 from gateway_project.middleware import annotate_request_log
-from llm import api_keys, embeddings, services
+from llm import api_keys, content_hmac, embeddings, services
 
 logger = logging.getLogger("llm.dialects")
 
@@ -40,6 +40,8 @@ def end_user_of(request) -> str:
 def annotate_consumer(request, caller: services.Caller) -> None:
     key = caller.api_key or getattr(caller.refusal, "api_key", None)
     annotate_request_log(request, consumer=key.consumer.name if key else None)
+    if key is not None and key.consumer.metadata_only:
+        content_hmac.withhold_from_log(request, caller.client_ip)
 
 
 def read_body(request, limit: int) -> tuple[bytes, int, bool]:

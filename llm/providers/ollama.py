@@ -25,6 +25,7 @@ import orjson
 
 from gateway_project.conditions import Conditions
 from gateway_project.redaction import mask_url
+from llm import content_hmac
 from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
                         UpstreamUnavailable)
 
@@ -207,7 +208,9 @@ class OllamaProvider:
     def note_failure(self, exc: GatewayError) -> None:
         """A failure of the server's (not of a request or a missing model): logged once, until it is over."""
         if exc.type in SERVER_FAILURES:
-            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {exc.staff_message}",
+            # Not what Ollama answered, for a metadata-only consumer's request: it may quote the content.
+            said = exc.message if content_hmac.withheld_here() else exc.staff_message
+            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {said}",
                                             base_url=self.shown_url)
 
     def note_answer(self) -> None:

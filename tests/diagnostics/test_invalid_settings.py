@@ -57,6 +57,7 @@ WRONG_VALUES = {
     "REQUEST_HEADER_TIMEOUT": "0",
     "REQUEST_BODY_TIMEOUT": "30s",
     "METRICS_TOKEN": "too short",
+    "CONTENT_HMAC_KEY": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
     "FAILED_KEYS_PER_MINUTE": "30/min",
     "PASSWORD_FAILURE_MAX_DELAY": "5m",
