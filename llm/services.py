@@ -29,7 +29,8 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import admission, api_keys, audit_spool, failed_keys, large_bodies, metrics, model_access, rate_limits
+from llm import (admission, api_keys, audit_spool, budgets, failed_keys, large_bodies, metrics, model_access,
+                 rate_limits)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
                         RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
@@ -118,6 +119,7 @@ class Answer:
     row: Generation
     timing: Timing
     reply: ProviderReply
+    headers: dict = field(default_factory=dict)  # X-Budget-*, after this generation's count
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Streaming:
     timing: Timing
     _events: AsyncIterator | None = field(default=None, repr=False)
     render: Callable[[Delta | Outcome], bytes] | None = field(default=None, repr=False)
+    headers: dict = field(default_factory=dict)  # X-Budget-*, as at admission
 
     def body(self, render: Callable[[Delta | Outcome], bytes]) -> AsyncIterator[bytes]:
         """The response body: each Delta, then the Outcome, as `render` writes it in the front door's format.
@@ -206,7 +209,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                         await slot.__aexit__(None, None, None)
                         raise
                     timing.upstream_ms = route.upstream_ms
-                    streaming = Streaming(row, timing)
+                    streaming = Streaming(row, timing, headers=_budget_headers(row))
                     streaming._events = _stream_events(streaming, route, request, stream, slot, counted)
                     await anext(streaming._events)  # started: from here on its cleanup runs however it is left
                     handed_over = True
@@ -226,16 +229,19 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
             await _finish_failure(row, route, failure, started)
             if isinstance(failure, ClientDisconnected):
                 raise
+            failure.headers.update(_budget_headers(row))
             raise failure from None
         except GatewayError as exc:
             await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
+            exc.headers = {**_budget_headers(row), **exc.headers}
             raise
         except Exception as exc:
             failure = _unexpected(exc, row, "generation failed unexpectedly")
             await _finish_failure(row, route, failure, started)
+            failure.headers.update(_budget_headers(row))
             raise failure from None
         await _record(row)
-        return Answer(row, timing, reply)
+        return Answer(row, timing, reply, headers=_budget_headers(row))
     finally:
         admission.unregister(task)
         if not handed_over:
@@ -451,6 +457,14 @@ class Deadline:
             ) from None
 
 
+def _budget_headers(row: Generation) -> dict:
+    """X-Budget-Remaining-Tokens and X-Budget-Window when a budget applies: after the row's count once settled."""
+    reservation = getattr(row, "_budget", None)
+    if reservation is None:
+        return {}
+    return reservation.headers(charged=row.budget_tokens if reservation.settled else None)
+
+
 def _release_consumer(row: Generation) -> None:
     if row.consumer_id is not None:
         admission.release_consumer_slot(row.consumer_id)
@@ -487,13 +501,14 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
                      dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length],
                      worker=process_name.current())
     slot_taken = False
+    reservation = rate_key = None
     try:
         try:
             _authenticate(caller)
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
-            _admit(caller.api_key, caller.refusal)
+            rate_key = _admit(caller.api_key, caller.refusal)
             if door.any_content_type:
                 # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
                 _check_origin(caller.origin)
@@ -520,12 +535,16 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             if request.tools:
                 _keep_tool_set(row, request)
             streamed = neutral.stream
+            # Before the model is called, and after the request is known: what it may cost is reserved.
+            reservation = budgets.admit(consumer=caller.api_key.consumer, request=request, body_size=body_size)
             admission.take_consumer_slot(caller.api_key.consumer)
             slot_taken = True
         except AuthThrottled as exc:
             exc.row = row  # not written here: generate() counts it in its address's row (llm.failed_keys)
             raise
         except GatewayError as exc:
+            if isinstance(exc, budgets.BudgetExceeded):
+                rate_limits.forgive(rate_key)  # a spent budget does not use up the rate limit too
             if isinstance(exc, AuditUnavailable) and caller.api_key is None and not row.api_key_prefix:
                 # The key could not be looked up: its prefix still tells whose attempt this was.
                 row.api_key_prefix = api_keys.presented_prefix(caller.presented_key)
@@ -563,7 +582,10 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
     except BaseException:
         if slot_taken:
             admission.release_consumer_slot(row.consumer_id)
+        budgets.settle(reservation, 0)
         raise
+    # Settled when the row's outcome is written (_write_outcome).
+    row._budget = reservation
     return row, request, models, streamed
 
 
@@ -578,14 +600,17 @@ def _authenticate(caller: Caller) -> None:
         caller.refusal = refusal
 
 
-def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
-    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed."""
+def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> str | None:
+    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed.
+
+    Returns the rate limit's counter key (rate_limits.forgive), None if nothing was counted.
+    """
     if refusal is not None:
         raise refusal
     if api_key is None:
         raise api_keys.missing_key()
     # Counted after authentication: unauthenticated traffic must not use up a consumer's allowance.
-    rate_limits.count_request(api_key.consumer)
+    return rate_limits.count_request(api_key.consumer)
 
 
 def _check_origin(origin: str) -> None:
@@ -834,6 +859,10 @@ def _write_outcome(row: Generation) -> None:
     believe it was audited.
     """
     inserting = row._state.adding
+    reservation = getattr(row, "_budget", None)
+    if reservation is not None and not reservation.settled:
+        # What the generation counts against its budget, kept on the row: the totals are rebuilt from these.
+        row.budget_tokens = budgets.charged(row, reservation.prompt_estimate)
     try:
         try:
             row.save_outcome()
@@ -855,6 +884,8 @@ def _write_outcome(row: Generation) -> None:
                                    "Try again later.") from None
         # The pending row exists (or the outcome is kept): the reply is still the client's.
     finally:
+        if reservation is not None:
+            budgets.settle(reservation, row.budget_tokens or 0)
         # Counted even when the row could not be saved: the metrics are what is left to alert on then.
         metrics.observe_generation(row, dialect=row.dialect)
 
