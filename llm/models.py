@@ -156,8 +156,8 @@ class Consumer(models.Model):
         help_text="Generations per minute; empty: the global RATE_LIMIT_PER_MINUTE; 0: unlimited.")
     max_concurrent = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="Generations this consumer may have in flight at once, per gateway process; empty: the global "
-                  "DEFAULT_MAX_CONCURRENT; 0: no cap.")
+        help_text="Generations this consumer may have in flight at once: across every gateway process when the "
+                  "cache is Redis, else per process; empty: the global DEFAULT_MAX_CONCURRENT; 0: no cap.")
     tokens_per_day = models.PositiveBigIntegerField(
         null=True, blank=True, verbose_name="tokens per day",
         help_text="Token budget per calendar day (UTC): prompt plus completion, thinking included, over every "

@@ -185,7 +185,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                 raise asyncio.CancelledError from None
             except GatewayError:
                 raise asyncio.CancelledError from None  # its row is complete: the refusal
-            _release_consumer(row)
+            await _release_consumer(row)
             await _finish_failure(row, Route([]), _cancelled(None), started)
             raise
     except BaseException:
@@ -200,6 +200,10 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     try:
         try:
             async with Deadline(started):
+                if not row._local_slot and row.consumer is not None:
+                    # The consumer's cap across processes (admission.caps_shared()): its row is written, so a
+                    # refusal here completes it like any failure.
+                    row._lease = await admission.take_shared_consumer_slot(row.consumer)
                 if streamed:
                     slot = admission.upstream_slot()
                     await slot.__aenter__()
@@ -245,7 +249,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     finally:
         admission.unregister(task)
         if not handed_over:
-            _release_consumer(row)
+            await _release_consumer(row)
             counted.__exit__()
 
 
@@ -325,7 +329,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
-        _release_consumer(row)
+        await _release_consumer(row)
         counted.__exit__()
     if leaving is not None:
         raise leaving
@@ -465,8 +469,15 @@ def _budget_headers(row: Generation) -> dict:
     return reservation.headers(charged=row.budget_tokens if reservation.settled else None)
 
 
-def _release_consumer(row: Generation) -> None:
-    if row.consumer_id is not None:
+async def _release_consumer(row: Generation) -> None:
+    """Give back the consumer's slot the generation held: this process's count, or its lease shared by all."""
+    lease = getattr(row, "_lease", None)
+    if lease is not None:
+        row._lease = None
+        # Shielded: a cancellation meanwhile must not leave the slot taken until the lease expires.
+        await asyncio.shield(lease.release())
+    elif getattr(row, "_local_slot", False):
+        row._local_slot = False
         admission.release_consumer_slot(row.consumer_id)
 
 
@@ -537,8 +548,10 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             streamed = neutral.stream
             # Before the model is called, and after the request is known: what it may cost is reserved.
             reservation = budgets.admit(consumer=caller.api_key.consumer, request=request, body_size=body_size)
-            admission.take_consumer_slot(caller.api_key.consumer)
-            slot_taken = True
+            if not admission.caps_shared():
+                # Shared through Redis instead, the cap's lease is taken on the event loop (generate()).
+                admission.take_consumer_slot(caller.api_key.consumer)
+                slot_taken = True
         except AuthThrottled as exc:
             exc.row = row  # not written here: generate() counts it in its address's row (llm.failed_keys)
             raise
@@ -586,6 +599,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
         raise
     # Settled when the row's outcome is written (_write_outcome).
     row._budget = reservation
+    row._local_slot = slot_taken
     return row, request, models, streamed
 
 

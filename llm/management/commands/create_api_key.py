@@ -54,7 +54,8 @@ class Command(BaseCommand):
         parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
                             help="set the consumer's own generations per minute (0: unlimited)")
         parser.add_argument("--max-concurrent", type=_cap, metavar="N",
-                            help="generations the consumer may have in flight at once, per gateway process "
+                            help="generations the consumer may have in flight at once, across processes with "
+                                 "Redis, else per gateway process "
                                  "(0: no cap; 'default': DEFAULT_MAX_CONCURRENT, as for a new consumer)")
         parser.add_argument("--tokens-per-day", type=_budget, metavar="N",
                             help="the consumer's token budget per UTC day, prompt plus completion (0: everything "
@@ -108,7 +109,8 @@ class Command(BaseCommand):
                           + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
         cap, named = admission.concurrency_cap(consumer)
         if cap:
-            self.stdout.write(f"At most {cap} generations in flight at once, per gateway process ({named}).")
+            where = "across every gateway process" if admission.caps_shared() else "per gateway process"
+            self.stdout.write(f"At most {cap} generations in flight at once, {where} ({named}).")
         else:
             self.stdout.write(f"No cap on generations in flight at once ({named}=0).")
         for budget, window in ((consumer.tokens_per_day, "UTC day"), (consumer.tokens_per_month, "UTC month")):
