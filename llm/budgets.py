@@ -123,19 +123,23 @@ def prompt_estimate(request, body_size: int) -> int:
     return max(1, math.ceil(max(size, 0) / BYTES_PER_TOKEN)) + IMAGE_TOKENS * len(images)
 
 
-def completion_wanted(options: dict) -> tuple[int, bool]:
-    """What the request may produce: (its num_predict, True) when it names one, else (the estimate, False)."""
+def completion_wanted(options: dict | None) -> tuple[int, bool]:
+    """What the request may produce: (its num_predict, True) when it names one, else (the estimate, False);
+    nothing for a request without options to produce (an embedding: None)."""
+    if options is None:
+        return 0, True
     value = options.get("num_predict")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value, True
     return settings.BUDGET_COMPLETION_ESTIMATE, False
 
 
-def admit(*, consumer: Consumer, request, body_size: int) -> Reservation | None:
-    """Reserve the generation's tokens against the consumer's budgets (None: no budget applies).
+def admit(*, consumer: Consumer, estimate: int, options: dict | None) -> Reservation | None:
+    """Reserve a call's tokens against the consumer's budgets (None: no budget applies): its prompt `estimate`
+    (prompt_estimate()) and what its Ollama `options` may produce (None: nothing, as for an embedding).
 
-    Raises BudgetExceeded when it does not fit (never in shadow mode). Caps request.options["num_predict"] at the
-    room left when that is less than what the request may produce. Called in a database step.
+    Raises BudgetExceeded when it does not fit (never in shadow mode). Caps options["num_predict"] at the room left
+    when that is less than what the request may produce. Called in a database step.
     """
     if not applies(consumer):
         return None
@@ -143,8 +147,9 @@ def admit(*, consumer: Consumer, request, body_size: int) -> Reservation | None:
     day, month = windows_at(now)
     budgets = [(window, budget) for window, budget in ((day, consumer.tokens_per_day),
                                                          (month, consumer.tokens_per_month)) if budget is not None]
-    estimate = prompt_estimate(request, body_size)
-    wanted, named = completion_wanted(request.options)
+    wanted, named = completion_wanted(options)
+    # The least it needs: its prompt, and one token of reply when it makes one.
+    minimum = max(1, estimate + (1 if options is not None else 0))
     shadow = settings.BUDGET_SHADOW_MODE
     reservation = Reservation(consumer_id=consumer.pk, id=uuid.uuid4().hex, windows=tuple(w for w, _ in budgets),
                               prompt_estimate=estimate, tokens=0, remaining=0, window=DAY, redis=False)
@@ -152,7 +157,7 @@ def admit(*, consumer: Consumer, request, body_size: int) -> Reservation | None:
     client = _redis()
     if client is not None:
         try:
-            left = _reserve_in_redis(client, consumer, reservation, budgets, estimate + wanted, shadow, now)
+            left = _reserve_in_redis(client, consumer, reservation, budgets, estimate + wanted, minimum, shadow, now)
             reservation.redis = True
         except Exception as exc:  # noqa: BLE001 - each redis error class; counted from the database instead
             REDIS_DOWN.occurred("token budgets counted per process from the database: Redis is unavailable",
@@ -160,26 +165,28 @@ def admit(*, consumer: Consumer, request, body_size: int) -> Reservation | None:
         else:
             REDIS_DOWN.cleared("token budgets counted in Redis again")
     if left is None:
-        left = _reserve_locally(consumer, reservation, budgets, estimate + wanted, shadow)
+        left = _reserve_locally(consumer, reservation, budgets, estimate + wanted, minimum, shadow)
     tightest = min(left, key=lambda item: item[1])
     reservation.window, reservation.remaining = tightest[0].kind, max(0, tightest[1])
     if reservation.tokens == 0:
-        _refuse(consumer, left, estimate)
-    if shadow and reservation.remaining < estimate + 1:
+        _refuse(consumer, left, minimum)
+    if shadow and reservation.remaining < minimum:
         logger.info("token budget spent; served all the same (BUDGET_SHADOW_MODE)",
                     extra={"consumer": consumer.name, "window": reservation.window})
-    if not shadow and reservation.tokens < estimate + wanted:
+    if options is None or shadow:
+        return reservation
+    if reservation.tokens < estimate + wanted:
         # The room left is less than the reply may take: Ollama stops there (done_reason "length").
-        request.options["num_predict"] = reservation.tokens - estimate
-    elif not shadow and not named:
+        options["num_predict"] = reservation.tokens - estimate
+    elif not named:
         # Nothing named: the reply may run on past the estimate, but never past the room left.
-        request.options["num_predict"] = max(1, reservation.remaining - estimate)
+        options["num_predict"] = max(1, reservation.remaining - estimate)
     return reservation
 
 
-def _refuse(consumer: Consumer, left: list, estimate: int) -> None:
+def _refuse(consumer: Consumer, left: list, minimum: int) -> None:
     # Of the budgets without room, the one that resets last: only then is the consumer served again.
-    spent = [window for window, room in left if room < estimate + 1]
+    spent = [window for window, room in left if room < minimum]
     window = max(spent, key=lambda w: w.end)
     budget = consumer.tokens_per_day if window.kind == DAY else consumer.tokens_per_month
     retry_after = max(1, math.ceil((window.end - clock()).total_seconds()))
@@ -368,7 +375,8 @@ def _script(client, source: str):
     return script
 
 
-def _reserve_in_redis(client, consumer, reservation: Reservation, budgets, wanted: int, shadow: bool, now):
+def _reserve_in_redis(client, consumer, reservation: Reservation, budgets, wanted: int, minimum: int, shadow: bool,
+                      now):
     keys, sizes = [], []
     for window, budget in budgets:
         keys += [_total_key(consumer.pk, window), _held_key(consumer.pk, window)]
@@ -376,7 +384,7 @@ def _reserve_in_redis(client, consumer, reservation: Reservation, budgets, wante
         sizes += [budget, int((window.end + timedelta(days=1)).timestamp())]
     now_s = now.timestamp()
     expires = now_s + settings.GENERATION_DEADLINE + RESERVATION_MARGIN
-    args = [now_s, expires, reservation.id, wanted, reservation.prompt_estimate + 1, "1" if shadow else "0", *sizes]
+    args = [now_s, expires, reservation.id, wanted, minimum, "1" if shadow else "0", *sizes]
     for _ in range(3):
         result = _script(client, _RESERVE)(keys=keys, args=args)
         if result[0] != -1:
@@ -407,7 +415,7 @@ _local_held: dict[int, dict[str, Reservation]] = {}
 _consumer_locks: dict[int, threading.Lock] = {}
 
 
-def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, shadow: bool):
+def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, minimum: int, shadow: bool):
     with _local_lock:
         lock = _consumer_locks.setdefault(consumer.pk, threading.Lock())
     # One admission of a consumer at a time in this process: the rows' sum and the reservations held agree.
@@ -422,7 +430,7 @@ def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, s
         room = min(r for _, r in rooms)
         tokens = wanted
         if not shadow:
-            if room < reservation.prompt_estimate + 1:
+            if room < minimum:
                 tokens = 0
             elif room < wanted:
                 tokens = room

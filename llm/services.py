@@ -547,7 +547,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
                 _keep_tool_set(row, request)
             streamed = neutral.stream
             # Before the model is called, and after the request is known: what it may cost is reserved.
-            reservation = budgets.admit(consumer=caller.api_key.consumer, request=request, body_size=body_size)
+            reservation = budgets.admit(consumer=caller.api_key.consumer, options=request.options,
+                                        estimate=budgets.prompt_estimate(request, body_size))
             if not admission.caps_shared():
                 # Shared through Redis instead, the cap's lease is taken on the event loop (generate()).
                 admission.take_consumer_slot(caller.api_key.consumer)

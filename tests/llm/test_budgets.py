@@ -326,27 +326,17 @@ from django.test.utils import override_settings
 django.setup()
 from llm import budgets
 from llm.models import Consumer
-from llm.providers.base import Message
 
 location, prefix, pk, day, times = sys.argv[1:]
 caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location,
                       "KEY_PREFIX": prefix}}
 
 
-class Request:
-    role = ""
-    completion = None
-
-    def __init__(self):
-        self.messages = [Message(role="user", content="Say hello.")]
-        self.options = {"num_predict": 10}
-
-
 with override_settings(CACHES=caches):
     consumer = Consumer(pk=int(pk), name="test-team", tokens_per_day=int(day))
     for _ in range(int(times)):
         try:
-            reservation = budgets.admit(consumer=consumer, request=Request(), body_size=80)
+            reservation = budgets.admit(consumer=consumer, options={"num_predict": 10}, estimate=20)
         except budgets.BudgetExceeded:
             print("refused")
             continue
@@ -403,26 +393,17 @@ def test_a_lost_redis_total_is_rebuilt_from_the_audit_rows(client, api_key, cons
 
 
 def test_a_reservation_of_a_process_that_died_expires(consumer, redis_cache, db, settings, monkeypatch):
-    from llm.providers.base import Message
-
-    class Request:
-        role, completion = "", None
-        messages = [Message(role="user", content="hi")]
-
-        def __init__(self):
-            self.options = {"num_predict": 50}
-
     settings.GENERATION_DEADLINE = 10
     budget(consumer, day=100)
     consumer.refresh_from_db()
     # Reserved and never settled: their process died.
-    assert budgets.admit(consumer=consumer, request=Request(), body_size=40).tokens == 10 + 50
-    assert budgets.admit(consumer=consumer, request=Request(), body_size=40).tokens == 40  # the room left
+    assert budgets.admit(consumer=consumer, options={"num_predict": 50}, estimate=10).tokens == 10 + 50
+    assert budgets.admit(consumer=consumer, options={"num_predict": 50}, estimate=10).tokens == 40  # the room left
     with pytest.raises(budgets.BudgetExceeded):
-        budgets.admit(consumer=consumer, request=Request(), body_size=40)
+        budgets.admit(consumer=consumer, options={"num_predict": 50}, estimate=10)
     later = NOON + timedelta(seconds=10 + budgets.RESERVATION_MARGIN + 1)
     monkeypatch.setattr(budgets, "clock", lambda: later)
-    assert budgets.admit(consumer=consumer, request=Request(), body_size=40).tokens == 60
+    assert budgets.admit(consumer=consumer, options={"num_predict": 50}, estimate=10).tokens == 60
 
 
 # -- visibility and settings ------------------------------------------------------------------------------------------
@@ -454,3 +435,18 @@ def test_the_admin_page_and_metrics_warn_past_80_percent(client, api_key, consum
     assert f"{spent} of {spent + 1} tokens today" in page and "past 80" in page
     metrics = admin_client.get("/metrics").content.decode()
     assert "llm_gateway_budget_consumers_over_warning 1.0" in metrics
+
+
+def test_an_embedding_reserves_its_prompt_and_counts_its_prompt_tokens(consumer, db):
+    """Embeddings (their use case is on another branch) reserve their input's estimate and nothing to produce, and
+    count the prompt tokens their row reports, through the same two calls."""
+    budget(consumer, day=100)
+    consumer.refresh_from_db()
+    reservation = budgets.admit(consumer=consumer, estimate=30, options=None)
+    assert reservation.tokens == 30
+    row = Generation(consumer=consumer, status=Generation.Status.SUCCEEDED, prompt_tokens=12)
+    assert budgets.charged(row, reservation.prompt_estimate) == 12
+    budgets.settle(reservation, 12)
+    assert budgets.admit(consumer=consumer, estimate=100, options=None) is not None  # nothing held any more
+    with pytest.raises(budgets.BudgetExceeded):
+        budgets.admit(consumer=consumer, estimate=1, options=None)  # 100 held by the one before
