@@ -12,8 +12,10 @@ Where the counts live:
   the reservations in flight in a sorted set per consumer and window scored by their expiry, so that a process that
   dies holds nothing for long. Checking and reserving is one Lua script: atomic across every gateway process. A
   window's total that is missing (Redis restarted, evicted) is rebuilt from the audit rows.
-- Otherwise: the window's audit rows summed (an index-only scan of gen_consumer_tokens) plus this process's
-  reservations. Several processes without Redis may then overshoot by what the others hold in flight.
+- Otherwise: the window's audit rows summed (an index-only scan of gen_consumer_tokens, at most every
+  DB_REFRESH_SECONDS per consumer and window; this process's own settlements are added in between) plus this
+  process's reservations. Several processes without Redis may then overshoot by what the others hold in flight
+  and spent since the last sum.
 
 Redis is reached from the database step's thread (llm.services._begin and _write_outcome), never the event loop.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,6 +49,8 @@ BYTES_PER_TOKEN = 4
 IMAGE_TOKENS = 768
 # A reservation outlives the longest generation (GENERATION_DEADLINE) by this much before it expires on its own.
 RESERVATION_MARGIN = 60
+# Without Redis: how old a window's sum of the rows may be before it is read again.
+DB_REFRESH_SECONDS = 2.0
 WARNING_SHARE = 0.8
 DAY, MONTH = "day", "month"
 
@@ -233,6 +238,11 @@ def settle(reservation: Reservation | None, tokens: int) -> None:
             held.pop(reservation.id, None)
             if not held:
                 _local_held.pop(reservation.consumer_id, None)
+        for window in reservation.windows:
+            key = (reservation.consumer_id, window.kind, window.key)
+            if key in _local_used:
+                used, read_at = _local_used[key]
+                _local_used[key] = (used + tokens, read_at)
 
 
 # -- use, for the admin and /metrics ----------------------------------------------------------------------------------
@@ -412,7 +422,30 @@ def _settle_in_redis(client, reservation: Reservation, tokens: int) -> None:
 
 _local_lock = threading.Lock()
 _local_held: dict[int, dict[str, Reservation]] = {}
+# (consumer, window kind, window key) -> (tokens used, time.monotonic() of the sum it started from)
+_local_used: dict[tuple[int, str, str], tuple[int, float]] = {}
 _consumer_locks: dict[int, threading.Lock] = {}
+
+
+def _used_locally(consumer_id: int, windows) -> dict[str, int]:
+    """The windows' tokens used: the rows' sum, read again once DB_REFRESH_SECONDS old, plus this process's
+    settlements since. A settlement between the rows' read and its own addition counts twice until the next read:
+    never less than what was used."""
+    now = time.monotonic()
+    with _local_lock:
+        stale = [w for w in windows if now - _local_used.get((consumer_id, w.kind, w.key), (0, -1e9))[1]
+                 > DB_REFRESH_SECONDS]
+    if stale:
+        sums = used_in_database(consumer_id, stale)
+        with _local_lock:
+            for window in stale:
+                _local_used[(consumer_id, window.kind, window.key)] = (sums[window.kind], now)
+            if len(_local_used) > 10_000:  # past windows of many consumers: start over
+                current = {(consumer_id, w.kind, w.key) for w in windows}
+                for key in [k for k in _local_used if k not in current]:
+                    del _local_used[key]
+    with _local_lock:
+        return {w.kind: _local_used[(consumer_id, w.kind, w.key)][0] for w in windows}
 
 
 def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, minimum: int, shadow: bool):
@@ -420,7 +453,7 @@ def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, m
         lock = _consumer_locks.setdefault(consumer.pk, threading.Lock())
     # One admission of a consumer at a time in this process: the rows' sum and the reservations held agree.
     with lock:
-        used = used_in_database(consumer.pk, [w for w, _ in budgets])
+        used = _used_locally(consumer.pk, [w for w, _ in budgets])
         with _local_lock:
             held = list(_local_held.get(consumer.pk, {}).values())
         rooms = []
@@ -445,3 +478,4 @@ def forget_local() -> None:
     """Drop this process's reservations (tests: a fresh process)."""
     with _local_lock:
         _local_held.clear()
+        _local_used.clear()
