@@ -27,14 +27,16 @@ import math
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.db.models import F, IntegerField, Q, Sum, Value
 from django.db.models.functions import Coalesce
+from redis.commands.core import Script
 
 from gateway_project.conditions import Condition
 from llm.errors import GatewayError
@@ -223,15 +225,14 @@ def settle(reservation: Reservation | None, tokens: int) -> None:
     reservation.settled = True
     if reservation.redis:
         client = _redis()
-        try:
-            if client is None:
-                raise ConnectionError("the cache is no longer Redis")
-            _settle_in_redis(client, reservation, tokens)
-            return
-        except Exception as exc:  # noqa: BLE001 - the reservation expires; the totals are rebuilt from the rows
-            REDIS_DOWN.occurred("token budget not settled in Redis: the reservation expires on its own",
-                                error=f"{exc.__class__.__name__}: {exc}")
-            return
+        if client is None:
+            return  # the cache is no longer Redis (tests): the reservation expires on its own
+        keys = []
+        for window in reservation.windows:
+            keys += _keys(reservation.consumer_id, window)
+        # In the caller's thread: handing it to a thread of its own was measured slower (the GIL's hand-overs).
+        _settle_in_redis(client, keys, f"{reservation.id}:{reservation.tokens}", tokens)
+        return
     with _local_lock:
         held = _local_held.get(reservation.consumer_id)
         if held is not None:
@@ -314,15 +315,26 @@ def _redis():
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return None
-    return backend._cache.get_client(write=True)
+    # Django's get_client() builds a new Redis object around the pool on every call (0.2 ms): one per pool here.
+    pool = backend._cache._get_connection_pool(True)
+    client = _clients.get(pool)
+    if client is None:
+        client = _clients[pool] = backend._cache._client(connection_pool=pool)
+    return client
+
+
+_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _keys(consumer_id: int, window: Window) -> list[str]:
+    """The window's total and its set of reservations held, under the cache's KEY_PREFIX."""
+    backend = caches["default"]
+    base = f"llm:budget:{consumer_id}:{window.kind}:{window.key}"
+    return [backend.make_key(f"{base}:used"), backend.make_key(f"{base}:held")]
 
 
 def _total_key(consumer_id: int, window: Window) -> str:
-    return cache.make_key(f"llm:budget:{consumer_id}:{window.kind}:{window.key}:used")
-
-
-def _held_key(consumer_id: int, window: Window) -> str:
-    return cache.make_key(f"llm:budget:{consumer_id}:{window.kind}:{window.key}:held")
+    return _keys(consumer_id, window)[0]
 
 
 # KEYS: for each budget, its total and its held set. ARGV: now, expiry of the reservation, its id, tokens wanted,
@@ -373,30 +385,23 @@ end
 return 1
 """
 
-_scripts: dict = {}
-
-
-def _script(client, source: str):
-    # A Script object per client: it runs EVALSHA, and loads the script again if Redis forgot it.
-    key = (id(client), source)
-    script = _scripts.get(key)
-    if script is None:
-        script = _scripts[key] = client.register_script(source)
-    return script
+# Run with EVALSHA by whichever client is passed; loaded again if Redis forgot them (a restart).
+_RESERVE_SCRIPT = Script(None, _RESERVE.encode())
+_SETTLE_SCRIPT = Script(None, _SETTLE.encode())
 
 
 def _reserve_in_redis(client, consumer, reservation: Reservation, budgets, wanted: int, minimum: int, shadow: bool,
                       now):
     keys, sizes = [], []
     for window, budget in budgets:
-        keys += [_total_key(consumer.pk, window), _held_key(consumer.pk, window)]
+        keys += _keys(consumer.pk, window)
         # Kept a day past the window: a generation that started in it may settle a little later.
         sizes += [budget, int((window.end + timedelta(days=1)).timestamp())]
     now_s = now.timestamp()
     expires = now_s + settings.GENERATION_DEADLINE + RESERVATION_MARGIN
     args = [now_s, expires, reservation.id, wanted, minimum, "1" if shadow else "0", *sizes]
     for _ in range(3):
-        result = _script(client, _RESERVE)(keys=keys, args=args)
+        result = _RESERVE_SCRIPT(keys=keys, args=args, client=client)
         if result[0] != -1:
             break
         # Redis lost (or never had) this window's total: rebuilt from the audit rows; NX, as another process may
@@ -411,11 +416,13 @@ def _reserve_in_redis(client, consumer, reservation: Reservation, budgets, wante
     return [(window, int(room)) for (window, _), room in zip(budgets, result[1:])]
 
 
-def _settle_in_redis(client, reservation: Reservation, tokens: int) -> None:
-    keys = []
-    for window in reservation.windows:
-        keys += [_total_key(reservation.consumer_id, window), _held_key(reservation.consumer_id, window)]
-    _script(client, _SETTLE)(keys=keys, args=[f"{reservation.id}:{reservation.tokens}", tokens])
+def _settle_in_redis(client, keys: list[str], member: str, tokens: int) -> None:
+    try:
+        _SETTLE_SCRIPT(keys=keys, args=[member, tokens], client=client)
+    except Exception as exc:  # noqa: BLE001 - the reservation expires; a lost total is rebuilt from the rows
+        REDIS_DOWN.occurred("token budget not settled in Redis: the reservation expires on its own",
+                            error=f"{exc.__class__.__name__}: {exc}")
+
 
 
 # -- without Redis: the rows, and this process's reservations ---------------------------------------------------------
