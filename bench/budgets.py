@@ -31,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -149,24 +150,52 @@ def bootstrap_median(values, resamples: int = 400) -> tuple[float, float]:
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples)]
 
 
-async def one_round(url: str, key: str, total: int, in_flight: int) -> dict:
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    queue = iter(range(total))
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
-    async with httpx.AsyncClient(base_url=url, timeout=120, trust_env=False, limits=limits,
-                                 headers={"Authorization": f"Bearer {key}",
-                                          "Content-Type": "application/json"}) as client:
-        async def worker():
-            for _ in queue:
-                started = time.perf_counter()
-                response = await client.post("/api/chat", content=BODY)
-                latencies.append((time.perf_counter() - started) * 1000)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+async def exchange(reader, writer, request: bytes) -> int:
+    """One HTTP/1.1 request on a kept-alive connection; the status (the body is read and dropped)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    if length is not None:
+        await reader.readexactly(length)
+        return status
+    while True:  # Transfer-Encoding: chunked
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        await reader.readexactly(size + 2)
+        if size == 0:
+            return status
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        elapsed = time.perf_counter() - started
+
+async def one_round(url: str, key: str, total: int, in_flight: int) -> dict:
+    """`total` requests from `in_flight` connections at once (plain asyncio streams: an HTTP client library would
+    spend more of the two cores than the gateway's bookkeeping being measured)."""
+    host, port = url.removeprefix("http://").split(":")
+    request = (f"POST /api/chat HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+    latencies: list[float] = []
+    statuses: dict[int | str, int] = {}
+    queue = iter(range(total))
+
+    async def worker():
+        reader = writer = None
+        for _ in queue:
+            started = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                status = await exchange(reader, writer, request)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                status = exc.__class__.__name__
+                writer = None
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses[status] = statuses.get(status, 0) + 1
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - started
     if set(statuses) != {200}:
         raise overhead.BenchmarkError(f"a round at {in_flight} in flight was answered {statuses}")
     return {"rps": total / elapsed, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
@@ -271,6 +300,9 @@ def print_report(r: dict, args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python bench/budgets.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # `kill` becomes an exception: the ExitStack then stops gunicorn and the fake Ollama.
+    signal.signal(signal.SIGTERM, overhead.raise_on_sigterm)
+    signal.signal(signal.SIGHUP, overhead.raise_on_sigterm)
     try:
         result = benchmark(args, command.strip())
     except overhead.BenchmarkError as exc:

@@ -90,13 +90,16 @@ def test_a_spent_daily_budget_is_refused_in_every_dialect(gateway, ollama, consu
         assert http.post("/api/chat", json=chat_body(stream=False)).status_code == 429
     calls_before = len(ollama.requests)
 
-    # The openai SDK: RateLimitError after exactly one HTTP request (its default max_retries is 2).
+    # The openai SDK: RateLimitError after exactly one HTTP request (its default max_retries is 2), counted by the
+    # SDK's transport and by the gateway's rows.
+    rows_before = Generation.objects.count()
     sent = []
     with httpx.Client(event_hooks={"request": [sent.append]}) as transport:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, http_client=transport)
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(model="qwen2.5:7b", messages=LONG_HELLO)
     assert len(sent) == 1
+    assert Generation.objects.count() == rows_before + 1
     assert refused.value.code == "insufficient_quota" and refused.value.type == "insufficient_quota"
     response = refused.value.response
     assert response.headers["x-should-retry"] == "false"
