@@ -53,6 +53,8 @@ IMAGE_TOKENS = 768
 RESERVATION_MARGIN = 60
 # Without Redis: how old a window's sum of the rows may be before it is read again.
 DB_REFRESH_SECONDS = 2.0
+# After Redis failed to answer, budgets are counted from the database for this long before Redis is asked again.
+RETRY_REDIS_AFTER = 5.0
 WARNING_SHARE = 0.8
 DAY, MONTH = "day", "month"
 
@@ -148,6 +150,7 @@ def admit(*, consumer: Consumer, estimate: int, options: dict | None) -> Reserva
     Raises BudgetExceeded when it does not fit (never in shadow mode). Caps options["num_predict"] at the room left
     when that is less than what the request may produce. Called in a database step.
     """
+    global _redis_failed_at
     if not applies(consumer):
         return None
     now = clock()
@@ -167,8 +170,9 @@ def admit(*, consumer: Consumer, estimate: int, options: dict | None) -> Reserva
             left = _reserve_in_redis(client, consumer, reservation, budgets, estimate + wanted, minimum, shadow, now)
             reservation.redis = True
         except Exception as exc:  # noqa: BLE001 - each redis error class; counted from the database instead
-            REDIS_DOWN.occurred("token budgets counted per process from the database: Redis is unavailable",
-                                error=f"{exc.__class__.__name__}: {exc}")
+            _redis_failed_at = time.monotonic()
+            REDIS_DOWN.occurred("token budgets counted per process from the database: Redis is unavailable; it is "
+                                f"asked again every {RETRY_REDIS_AFTER:g}s", error=f"{exc.__class__.__name__}: {exc}")
         else:
             REDIS_DOWN.cleared("token budgets counted in Redis again")
     if left is None:
@@ -315,6 +319,8 @@ def _redis():
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return None
+    if _redis_failed_at is not None and time.monotonic() - _redis_failed_at < RETRY_REDIS_AFTER:
+        return None  # it did not answer a moment ago: no request waits for its timeout again meanwhile
     # Django's get_client() builds a new Redis object around the pool on every call (0.2 ms): one per pool here.
     pool = backend._cache._get_connection_pool(True)
     client = _clients.get(pool)
@@ -324,6 +330,7 @@ def _redis():
 
 
 _clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_redis_failed_at: float | None = None
 
 
 def _keys(consumer_id: int, window: Window) -> list[str]:
@@ -483,6 +490,8 @@ def _reserve_locally(consumer, reservation: Reservation, budgets, wanted: int, m
 
 def forget_local() -> None:
     """Drop this process's reservations (tests: a fresh process)."""
+    global _redis_failed_at
     with _local_lock:
         _local_held.clear()
         _local_used.clear()
+    _redis_failed_at = None

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -454,3 +455,23 @@ def test_an_embedding_reserves_its_prompt_and_counts_its_prompt_tokens(consumer,
     assert budgets.admit(consumer=consumer, estimate=88, options=None).remaining == 88
     with pytest.raises(budgets.BudgetExceeded):
         budgets.admit(consumer=consumer, estimate=1, options=None)  # 88 held by the one before
+
+
+def test_an_unreachable_redis_counts_budgets_from_the_database_and_says_so_once(client, api_key, consumer, ollama,
+                                                                               settings, refused_url, caplog):
+    import logging
+
+    port = refused_url.rsplit(":", 1)[1]
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{port}/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    settings.RATE_LIMIT_PER_MINUTE = 0
+    caplog.set_level(logging.INFO, logger="llm.budgets")
+    budget(consumer, day=60)
+    ollama.reply = " ".join(f"word{i}" for i in range(200))
+    started = time.monotonic()
+    statuses = [post_chat(client, api_key, stream=False).status_code for _ in range(3)]
+    assert statuses == [200, 429, 429]  # the rows' sum, in this process
+    assert time.monotonic() - started < 2  # Redis's timeout waited once, not per request
+    warnings = [r for r in caplog.records if r.name == "llm.budgets" and "Redis is unavailable" in r.getMessage()]
+    assert len(warnings) == 1
