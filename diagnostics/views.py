@@ -141,6 +141,7 @@ class MetricsView(StaffOnlyAPIView):
     content_negotiation_class = ErrorsAsJson
 
     def get(self, request):
+        metrics.count_budget_warnings()
         body, content_type = metrics.exposition(request.META.get("HTTP_ACCEPT"))
         return HttpResponse(body, content_type=content_type)
 

@@ -301,6 +301,12 @@ SPECS: tuple[SettingSpec, ...] = (
                      "(audited on the generation endpoints)"),
     SettingSpec("RATE_LIMIT_PER_MINUTE", "60", _integer(0, 1_000_000),
                 help="generations per consumer per minute unless the consumer has its own limit; 0: unlimited"),
+    SettingSpec("BUDGET_SHADOW_MODE", "false", _bool,
+                help="token budgets are counted and reported (headers, admin, /metrics) but never refuse nor cap "
+                     "a generation: for rolling budgets out"),
+    SettingSpec("BUDGET_COMPLETION_ESTIMATE", "1024", _integer(1, 10_000_000),
+                help="tokens a generation without max_tokens / num_predict reserves for its reply against its "
+                     "consumer's token budget, until its real count settles the reservation"),
     SettingSpec("FAILED_KEYS_PER_MINUTE", "30", _integer(0, 1_000_000),
                 help="missing or wrong API keys a client address may present per minute; past it the address is "
                      "answered 429 before any key is checked, its refusals counted in one audit row a minute; "

@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
-from llm import admission, api_keys, dashboard, prompt_templates
+from llm import admission, api_keys, budgets, dashboard, prompt_templates
 from llm.models import (VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion,
                         ToolSet)
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
@@ -68,9 +68,9 @@ class ConsumerAdmin(admin.ModelAdmin):
                     "created_at")
     list_filter = ("is_active", "templates_only", "metadata_only")
     search_fields = ("name",)
-    fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "allowed_models", "templates_only",
-              "metadata_only", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "tokens_per_day", "tokens_per_month",
+              "budget_use", "allowed_models", "templates_only", "metadata_only", "created_at")
+    readonly_fields = ("budget_use", "created_at")
     inlines = [ApiKeyInline]
 
     @admin.display(description="Max concurrent", ordering="max_concurrent")
@@ -79,6 +79,22 @@ class ConsumerAdmin(admin.ModelAdmin):
         cap, named = admission.concurrency_cap(obj)
         shown = str(cap) if cap else "no cap"
         return shown if named == "max_concurrent" else f"{shown} (default)"
+
+    @admin.display(description="Token budget use")
+    def budget_use(self, obj):
+        """Today's and this month's tokens against each budget (UTC windows), with a warning past 80 %."""
+        if obj is None or obj.pk is None:
+            return "-"
+        uses = budgets.use_of(obj)
+        if not uses:
+            return "No token budget."
+        when = {budgets.DAY: "today", budgets.MONTH: "this month"}
+        return format_html_join(
+            mark_safe("<br>"), "{} of {} tokens {} ({}%){}",
+            ((use.used, use.budget, when[use.window.kind], f"{use.share * 100:.0f}",
+              format_html(" <strong>— warning: past {}% of the budget</strong>", round(budgets.WARNING_SHARE * 100))
+              if use.warning else "")
+             for use in uses))
 
 
 @admin.register(ApiKey)

@@ -1,7 +1,9 @@
-"""Who may call the provider now, per gateway process: the cap on upstream calls, each consumer's cap on
-generations in flight, and the end of a worker's life (draining on SIGTERM).
+"""Who may call the provider now: the cap on upstream calls (per process), each consumer's cap on generations in
+flight, and the end of a worker's life (draining on SIGTERM).
 
-All counts are per process: N gateway processes admit up to N times as many.
+A consumer's cap holds across every gateway process when the cache is Redis: each generation holds a lease
+(llm.leases) that its process renews, so the slots of a process that dies come back within the lease's lifetime
+(LEASE_TTL, 30 s). Without Redis it holds per process: N gateway processes admit up to N times as many.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import weakref
 from contextlib import asynccontextmanager
 
 from django.conf import settings
+from django.core.cache import cache
 
+from llm import leases
 from llm.errors import RateLimited, UpstreamBusy
 
 logger = logging.getLogger("llm.admission")
@@ -83,6 +87,45 @@ def take_consumer_slot(consumer) -> None:
                 retry_after=1,
             )
         _consumer_in_flight[consumer.pk] = running + 1
+
+
+# The consumer slots' leases: their lifetime and renewal (tests shorten them).
+LEASE_TTL = leases.TTL
+LEASE_RENEW_EVERY = leases.RENEW_EVERY
+_lease_managers: dict[tuple, leases.LeaseManager] = {}
+
+
+def caps_shared() -> bool:
+    """Whether consumers' caps hold across processes: the cache is Redis (then the per-process count is not used)."""
+    return leases.redis_url_from_settings() is not None
+
+
+def _consumer_leases() -> leases.LeaseManager:
+    url = leases.redis_url_from_settings()
+    # Under the cache's own KEY_PREFIX: two deployments (or two tests) sharing one Redis do not share caps.
+    prefix = cache.make_key("llm:consumer-slots:")
+    key = (url, prefix, LEASE_TTL, LEASE_RENEW_EVERY)
+    manager = _lease_managers.get(key)
+    if manager is None:
+        manager = _lease_managers[key] = leases.LeaseManager(url, prefix=prefix, ttl=LEASE_TTL,
+                                                             renew_every=LEASE_RENEW_EVERY)
+    return manager
+
+
+async def take_shared_consumer_slot(consumer) -> leases.Lease | None:
+    """A lease on one of the consumer's slots, shared by every process (None: it has no cap); RateLimited when it
+    already has its cap running anywhere. Give it back with `await lease.release()`."""
+    cap, named = concurrency_cap(consumer)
+    if not cap:
+        return None
+    lease = await _consumer_leases().acquire(str(consumer.pk), cap)
+    if lease is None:
+        raise RateLimited(
+            f"Consumer {consumer.name!r} already has {cap} generations in flight, its cap ({named}={cap}) across "
+            "the gateway's processes. Retry when one has finished.",
+            retry_after=1,
+        )
+    return lease
 
 
 def release_consumer_slot(consumer_id: int) -> None:

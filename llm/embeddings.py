@@ -15,20 +15,21 @@ checked here.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from django.conf import settings
 
-from llm import admission, metrics, model_access
+from llm import admission, budgets, metrics, model_access
 from llm.errors import InvalidRequest, RawPromptsNotAllowed
 from llm.models import Generation
 from llm.providers import get_provider
 from llm.providers.base import EmbeddingReply, EmbeddingRequest
 from llm.request_rules import invalid
 from llm.routing import Route
-from llm.services import (Caller, Deadline, FrontDoor, Timing, _describe, _storable, _unstorable, admit, ended,
-                          record, release_consumer)
+from llm.services import (Caller, Deadline, FrontDoor, Timing, _describe, _storable, _unstorable, admit,
+                          budget_headers, ended, record, release_consumer)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Embedded:
     row: Generation
     timing: Timing
     reply: EmbeddingReply
+    headers: dict = field(default_factory=dict)  # X-Budget-*, after this call's count
 
 
 async def embed(*, request_id: UUID, body: bytes, body_size: int, content_type: str, started: float,
@@ -75,10 +77,10 @@ async def embed(*, request_id: UUID, body: bytes, body_size: int, content_type: 
         except (asyncio.CancelledError, Exception) as exc:
             raise await ended(row, route, exc, started, task) from None
         await record(row)
-        return Embedded(row, timing, reply)
+        return Embedded(row, timing, reply, headers=budget_headers(row))
     finally:
         admission.unregister(task)
-        release_consumer(row)
+        await release_consumer(row)
         counted.__exit__()
 
 
@@ -115,6 +117,9 @@ def _prepare(row: Generation, data, door: FrontDoor, caller: Caller, body_size: 
     models = model_access.permitted(consumer, [request.model], chosen=True)
     row.model = request.model[: Generation.SHORT]
     row.stream = False
+    # Last: its input is reserved against the consumer's token budgets (an embedding produces no completion).
+    row._budget = budgets.admit(consumer=consumer, options=None,
+                                estimate=max(1, math.ceil(body_size / budgets.BYTES_PER_TOKEN)))
     return request, models
 
 

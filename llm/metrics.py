@@ -105,9 +105,15 @@ IN_FLIGHT = Gauge(
     "llm_gateway_requests_in_flight", "Generation requests being answered now.",
     ["dialect"], multiprocess_mode="livesum", registry=REGISTRY)
 
+# Set when /metrics is scraped, from the budgets' counts (llm.budgets): one number, not a series per consumer.
+BUDGET_WARNINGS = Gauge(
+    "llm_gateway_budget_consumers_over_warning",
+    "Active consumers that have used 80 % or more of a token budget (day or month) in its current window.",
+    multiprocess_mode="mostrecent", registry=REGISTRY)
+
 FAMILIES = (REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, FIRST_TOKEN, TOKENS, RETRIES, FALLBACKS,
             RATE_LIMITED, AUDIT_WRITE_FAILURES, AUDIT_SPOOLED, AUDIT_SPOOL_LOST, AUDIT_REPLAYED, IN_FLIGHT,
-            EMBEDDING_REQUESTS, EMBEDDING_INPUTS, EMBEDDING_DURATION)
+            EMBEDDING_REQUESTS, EMBEDDING_INPUTS, EMBEDDING_DURATION, BUDGET_WARNINGS)
 
 
 def _never_raises(function):
@@ -282,6 +288,14 @@ class _Families:
             for family in metric.describe():
                 if family.name not in seen:
                     yield family
+
+
+@_never_raises
+def count_budget_warnings() -> None:
+    """Count the consumers past their budgets' warning now (a query per budgeted consumer): before a scrape."""
+    from llm import budgets
+
+    BUDGET_WARNINGS.set(budgets.consumers_past_warning())
 
 
 def exposition(accept: str | None) -> tuple[bytes, str]:

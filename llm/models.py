@@ -158,8 +158,16 @@ class Consumer(models.Model):
         help_text="Generations per minute; empty: the global RATE_LIMIT_PER_MINUTE; 0: unlimited.")
     max_concurrent = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="Generations this consumer may have in flight at once, per gateway process; empty: the global "
-                  "DEFAULT_MAX_CONCURRENT; 0: no cap.")
+        help_text="Generations this consumer may have in flight at once: across every gateway process when the "
+                  "cache is Redis, else per process; empty: the global DEFAULT_MAX_CONCURRENT; 0: no cap.")
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, verbose_name="tokens per day",
+        help_text="Token budget per calendar day (UTC): prompt plus completion, thinking included, over every "
+                  "endpoint; empty: no limit; 0: everything refused.")
+    tokens_per_month = models.PositiveBigIntegerField(
+        null=True, blank=True, verbose_name="tokens per month",
+        help_text="Token budget per calendar month (UTC), counted the same way; empty: no limit; 0: everything "
+                  "refused.")
     is_active = models.BooleanField(default=True, help_text="An inactive consumer's keys are all refused.")
     allowed_models = models.JSONField(
         default=list, blank=True,
@@ -373,6 +381,11 @@ class Generation(models.Model):
 
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    budget_tokens = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="What the generation counted against its consumer's token budget: its prompt and completion "
+                  "tokens, with the gateway's estimate where Ollama reported none (a cached prompt, an abandoned "
+                  "stream). Empty: no budget applied; the tokens reported count then.")
     latency_ms = models.FloatField(null=True, blank=True, help_text="Total time in the gateway.")
     upstream_ms = models.FloatField(null=True, blank=True, help_text="Time spent waiting for the provider.")
     stream = models.BooleanField(default=False, help_text="Answered as a stream of deltas.")
@@ -422,6 +435,9 @@ class Generation(models.Model):
               for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type", "kind")),
             # The admin's exact-match search by end user (the people behind a chat UI's shared key).
             models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
+            # A consumer's tokens in a budget window (llm.budgets): summed from the index alone.
+            models.Index(fields=["consumer", "created_at", "budget_tokens", "prompt_tokens", "completion_tokens"],
+                         name="gen_consumer_tokens"),
             # Which tool sets are still offered by a row (prune_audit); most rows offer none.
             models.Index(fields=["tool_set"], name="gen_tool_set", condition=models.Q(tool_set__isnull=False)),
         ]
@@ -508,7 +524,8 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "dimensions")
+                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "dimensions",
+                      "budget_tokens")
 
     def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms

@@ -29,11 +29,14 @@ def limit_for(consumer: Consumer) -> int:
     return settings.RATE_LIMIT_PER_MINUTE
 
 
-def count_request(consumer: Consumer) -> None:
-    """Count one request against the consumer's limit; raise RateLimited (with Retry-After) when it is over."""
+def count_request(consumer: Consumer) -> str | None:
+    """Count one request against the consumer's limit; raise RateLimited (with Retry-After) when it is over.
+
+    Returns the counter's key (None: nothing counted), for forgive().
+    """
     limit = limit_for(consumer)
     if not limit:
-        return
+        return None
     window = settings.RATE_LIMIT_WINDOW_SECONDS
     now = time.time()
     window_start = math.floor(now / window) * window
@@ -44,7 +47,7 @@ def count_request(consumer: Consumer) -> None:
         # Fail open: an unreachable cache must not take the whole API down with it. Logged, and so alertable.
         CACHE_DOWN.occurred("rate limits not enforced: the cache is unavailable; requests are let through until "
                             "it answers", consumer=consumer.name, error=f"{exc.__class__.__name__}: {exc}")
-        return
+        return None
     CACHE_DOWN.cleared("rate limits enforced again: the cache answers")
     if count > limit:
         retry_after = max(1, math.ceil(window_start + window - now))
@@ -53,6 +56,18 @@ def count_request(consumer: Consumer) -> None:
             f"{consumer.name!r}; retry after {retry_after}s.",
             retry_after=retry_after,
         )
+    return key
+
+
+def forgive(key: str | None) -> None:
+    """Take back one request counted under key: one refused for a reason that must not use up the allowance (its
+    token budget is spent)."""
+    if key is None:
+        return
+    try:
+        cache.decr(key)
+    except Exception:  # noqa: BLE001 - expired meanwhile (ValueError), or the cache is down: nothing to take back
+        pass
 
 
 def _increment(key: str, *, timeout: int) -> int:

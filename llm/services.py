@@ -32,7 +32,8 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import (admission, api_keys, audit_spool, content_hmac, failed_keys, large_bodies, metrics, model_access,
+from llm import (admission, api_keys, audit_spool, budgets, content_hmac, failed_keys, large_bodies, metrics,
+                 model_access,
                  rate_limits)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
@@ -123,6 +124,7 @@ class Answer:
     row: Generation
     timing: Timing
     reply: ProviderReply
+    headers: dict = field(default_factory=dict)  # X-Budget-*, after this generation's count
 
 
 @dataclass
@@ -141,6 +143,7 @@ class Streaming:
     timing: Timing
     _events: AsyncIterator | None = field(default=None, repr=False)
     render: Callable[[Delta | Outcome], bytes] | None = field(default=None, repr=False)
+    headers: dict = field(default_factory=dict)  # X-Budget-*, as at admission
 
     def body(self, render: Callable[[Delta | Outcome], bytes]) -> AsyncIterator[bytes]:
         """The response body: each Delta, then the Outcome, as `render` writes it in the front door's format.
@@ -192,7 +195,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                         await slot.__aexit__(None, None, None)
                         raise
                     timing.upstream_ms = route.upstream_ms
-                    streaming = Streaming(row, timing)
+                    streaming = Streaming(row, timing, headers=budget_headers(row))
                     streaming._events = _stream_events(streaming, route, request, stream, slot, counted)
                     await anext(streaming._events)  # started: from here on its cleanup runs however it is left
                     handed_over = True
@@ -210,11 +213,11 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         except (asyncio.CancelledError, Exception) as exc:
             raise await ended(row, route, exc, started, task) from None
         await record(row)
-        return Answer(row, timing, reply)
+        return Answer(row, timing, reply, headers=budget_headers(row))
     finally:
         admission.unregister(task)
         if not handed_over:
-            release_consumer(row)
+            await release_consumer(row)
             counted.__exit__()
 
 
@@ -240,11 +243,19 @@ async def admit(*, request_id: UUID, body: bytes, body_size: int, body_timed_out
             raise asyncio.CancelledError from None
         except GatewayError:
             raise asyncio.CancelledError from None  # its row is complete: the refusal
-        release_consumer(row)
+        await release_consumer(row)
         await _finish_failure(row, Route([]), _cancelled(None), started)
         raise
+    row = admitted[0]
     # A metadata-only row's content stays out of what this task logs (the provider's excerpts of Ollama's errors too).
-    content_hmac.withhold_here(not admitted[0].content_stored)
+    content_hmac.withhold_here(not row.content_stored)
+    if not row._local_slot and row.consumer is not None:
+        # The consumer's cap across processes (admission.caps_shared()): taken on the event loop, once the row is
+        # written, so that a refusal here completes it like any failure.
+        try:
+            row._lease = await admission.take_shared_consumer_slot(row.consumer)
+        except (asyncio.CancelledError, Exception) as exc:
+            raise await ended(row, Route([]), exc, started, asyncio.current_task()) from None
     return admitted
 
 
@@ -255,12 +266,17 @@ async def ended(row: Generation, route: Route, exc: BaseException, started: floa
     if isinstance(exc, asyncio.CancelledError):
         failure = _cancelled(task)
         await _finish_failure(row, route, failure, started)
-        return exc if isinstance(failure, ClientDisconnected) else failure
+        if isinstance(failure, ClientDisconnected):
+            return exc
+        failure.headers.update(budget_headers(row))
+        return failure
     if isinstance(exc, GatewayError):
         await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
+        exc.headers = {**budget_headers(row), **exc.headers}
         return exc
     failure = _unexpected(exc, row, f"{row.kind} failed unexpectedly")
     await _finish_failure(row, route, failure, started)
+    failure.headers.update(budget_headers(row))
     return failure
 
 
@@ -341,7 +357,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
-        release_consumer(row)
+        await release_consumer(row)
         counted.__exit__()
     if leaving is not None:
         raise leaving
@@ -473,8 +489,23 @@ class Deadline:
             ) from None
 
 
-def release_consumer(row: Generation) -> None:
-    if row.consumer_id is not None:
+def budget_headers(row: Generation) -> dict:
+    """X-Budget-Remaining-Tokens and X-Budget-Window when a budget applies: after the row's count once settled."""
+    reservation = getattr(row, "_budget", None)
+    if reservation is None:
+        return {}
+    return reservation.headers(charged=row.budget_tokens if reservation.settled else None)
+
+
+async def release_consumer(row: Generation) -> None:
+    """Give back the consumer's slot the attempt held: this process's count, or its lease shared by all."""
+    lease = getattr(row, "_lease", None)
+    if lease is not None:
+        row._lease = None
+        # Shielded: a cancellation meanwhile must not leave the slot taken until the lease expires.
+        await asyncio.shield(lease.release())
+    elif getattr(row, "_local_slot", False):
+        row._local_slot = False
         admission.release_consumer_slot(row.consumer_id)
 
 
@@ -518,6 +549,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
                      kind=door.kind,
                      worker=process_name.current())
     slot_taken = False
+    rate_key = None
     try:
         try:
             _authenticate(caller)
@@ -526,7 +558,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
                 # A metadata-only consumer's row is written, spooled and logged without content (Generation.save).
                 row.content_stored = not known_key.consumer.metadata_only
-            _admit(caller.api_key, caller.refusal)
+            rate_key = _admit(caller.api_key, caller.refusal)
             if door.any_content_type:
                 # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
                 _check_origin(caller.origin)
@@ -538,13 +570,18 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
             data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
                           text_limit=door.max_text_bytes if large else None)
+            # `prepare` ends with the budget's reservation (row._budget), once the request is known.
             prepared = prepare(row, data, door, caller, body_size)
-            admission.take_consumer_slot(caller.api_key.consumer)
-            slot_taken = True
+            if not admission.caps_shared():
+                # Shared through Redis instead, the cap's lease is taken on the event loop (admit()).
+                admission.take_consumer_slot(caller.api_key.consumer)
+                slot_taken = True
         except AuthThrottled as exc:
             exc.row = row  # not written here: generate() counts it in its address's row (llm.failed_keys)
             raise
         except GatewayError as exc:
+            if isinstance(exc, budgets.BudgetExceeded):
+                rate_limits.forgive(rate_key)  # a spent budget does not use up the rate limit too
             if isinstance(exc, AuditUnavailable) and caller.api_key is None and not row.api_key_prefix:
                 # The key could not be looked up: its prefix still tells whose attempt this was.
                 row.api_key_prefix = api_keys.presented_prefix(caller.presented_key)
@@ -579,7 +616,9 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
     except BaseException:
         if slot_taken:
             admission.release_consumer_slot(row.consumer_id)
+        budgets.settle(getattr(row, "_budget", None), 0)
         raise
+    row._local_slot = slot_taken
     return row, prepared
 
 
@@ -604,6 +643,9 @@ def _prepare_generation(row: Generation, data, door: FrontDoor, caller: Caller, 
     row.prompt = _storable(audit_prompt(request.messages, request.completion))
     row.model = request.model[: Generation.SHORT]
     row.stream = neutral.stream
+    # Last, once the request is known: what it may cost is reserved (settled when the outcome is written).
+    row._budget = budgets.admit(consumer=caller.api_key.consumer, options=request.options,
+                                estimate=budgets.prompt_estimate(request, body_size))
     return request, models, neutral.stream
 
 
@@ -618,14 +660,17 @@ def _authenticate(caller: Caller) -> None:
         caller.refusal = refusal
 
 
-def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> None:
-    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed."""
+def _admit(api_key: ApiKey | None, refusal: NotAuthenticated | None) -> str | None:
+    """Let an authenticated consumer within its rate limit in; the body of anyone else is not even parsed.
+
+    Returns the rate limit's counter key (rate_limits.forgive), None if nothing was counted.
+    """
     if refusal is not None:
         raise refusal
     if api_key is None:
         raise api_keys.missing_key()
     # Counted after authentication: unauthenticated traffic must not use up a consumer's allowance.
-    rate_limits.count_request(api_key.consumer)
+    return rate_limits.count_request(api_key.consumer)
 
 
 def _check_origin(origin: str) -> None:
@@ -877,6 +922,10 @@ def _write_outcome(row: Generation) -> None:
     believe it was audited.
     """
     inserting = row._state.adding
+    reservation = getattr(row, "_budget", None)
+    if reservation is not None and not reservation.settled:
+        # What the attempt counts against its budget, kept on the row: the totals are rebuilt from these.
+        row.budget_tokens = budgets.charged(row, reservation.prompt_estimate)
     try:
         try:
             row.save_outcome()
@@ -898,6 +947,8 @@ def _write_outcome(row: Generation) -> None:
                                    "Try again later.") from None
         # The pending row exists (or the outcome is kept): the reply is still the client's.
     finally:
+        if reservation is not None:
+            budgets.settle(reservation, row.budget_tokens or 0)
         # Counted even when the row could not be saved: the metrics are what is left to alert on then.
         metrics.observe_generation(row, dialect=row.dialect)
 

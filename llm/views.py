@@ -45,11 +45,12 @@ async def generate(request):
     if isinstance(result, services.Streaming):
         annotate_request_log(request, provider=result.row.provider, model=result.row.model, stream=True)
         response = StreamingHttpResponse(result.body(_ndjson(request, result)), content_type=NDJSON,
-                                         headers={"Server-Timing": http.server_timing(result.timing),
+                                         headers={"Server-Timing": http.server_timing(result.timing), **result.headers,
                                                   "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
         return response
     annotate_request_log(request, provider=result.row.provider, model=result.row.model)
-    return JsonResponse(generation_body(result.row), headers={"Server-Timing": http.server_timing(result.timing)})
+    return JsonResponse(generation_body(result.row),
+                        headers={"Server-Timing": http.server_timing(result.timing), **result.headers})
 
 
 def parse(data) -> NeutralRequest:

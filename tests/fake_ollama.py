@@ -50,7 +50,10 @@ The scheduler, as server/sched.go runs it (every limit is off by default):
   requests_per_model, loads_per_model, waiting, images, wait_for_running(). stop() kills the server (every connection dropped, even
   mid-stream or mid-load, and the loaded models forgotten); start() or restart() brings it back on the same port.
 
-Deliberately not mimicked: num_predict does not cut replies; logprobs, templates, context shifting and cloud models
+options.num_predict cuts a chat reply (/api/chat and the /v1 chat) at that many tokens with done_reason "length"
+(thinking first, then the content word by word), as Ollama stops at its limit.
+
+Deliberately not mimicked: num_predict does not cut /api/generate replies; logprobs, templates, context shifting and cloud models
 are ignored; tool call ids and /v1 ids are derived from the request, not random, so answers compare; the 503 counts
 every waiting request (Ollama's queue bound applies to requests waiting to be scheduled); eviction picks the least
 recently used idle model (Ollama sorts by keep_alive, then name); the default version, the "model not found" wording
@@ -869,6 +872,7 @@ class _Generation:
     tool_calls: list[dict[str, Any]]
     prompt_count: int
     eval_count: int
+    done_reason: str = "stop"
 
 
 # -- the OpenAI layer (openai/openai.go, middleware/openai.go) -------------------------------------------------------
@@ -2074,6 +2078,12 @@ class FakeOllama:
             prompt_count += _words(_dumps(body["tools"]).decode().replace(",", " "))
         gen = _Generation(content, thinking, tool_calls, max(1, prompt_count),
                           self._eval_count(content, thinking, tool_calls))
+        limit = (body.get("options") or {}).get("num_predict")
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < gen.eval_count and not tool_calls:
+            # Ollama stops at num_predict tokens: here a token is a word, the thinking's first.
+            thought = re.findall(r"\s*\S+", thinking)[:limit]
+            said = re.findall(r"\s*\S+", content)[: limit - len(thought)]
+            gen = _Generation("".join(said), "".join(thought), [], gen.prompt_count, limit, "length")
         return self._chat_outcome(ex, model, gen, load_ns, stream=body.get("stream") is not False)
 
     def _chat_outcome(self, ex: _Exchange, model: str, gen: _Generation, load_ns: int | None, *,
@@ -2085,7 +2095,7 @@ class FakeOllama:
         stats = _stats(gen.prompt_count, gen.eval_count, ex.started, load_ns=load_ns, cached=ex.kind == "cached_prompt")
         if not stream:
             whole = frame(True, content=gen.content, thinking=gen.thinking, tool_calls=gen.tool_calls)
-            return _Outcome(frames=[{**whole, "done_reason": "stop", **stats}])
+            return _Outcome(frames=[{**whole, "done_reason": gen.done_reason, **stats}])
         frames = [frame(False, thinking=piece) for piece in (_chunks(gen.thinking, self.chunks) if gen.thinking
                                                              else [])]
         per_chunk = self.tool_calls_per_chunk
@@ -2095,7 +2105,7 @@ class FakeOllama:
         if gen.content or not (gen.thinking or gen.tool_calls):
             frames += [frame(False, content=piece) for piece in _chunks(gen.content, self.chunks)]
         final = frame(True, tool_calls=[] if per_chunk else gen.tool_calls)
-        return _Outcome(frames=[*frames, {**final, "done_reason": "stop", **stats}], stream=True)
+        return _Outcome(frames=[*frames, {**final, "done_reason": gen.done_reason, **stats}], stream=True)
 
     async def _generate(self, ex: _Exchange, body: dict[str, Any]) -> _Outcome:
         images: list[bytes] = []

@@ -66,13 +66,13 @@ async def _generation(request, endpoint: str, parse):
         row = result.row
         annotate_request_log(request, provider=row.provider, model=row.model, stream=True)
         return StreamingHttpResponse(result.body(_lines(request, result, as_chat)), content_type=NDJSON,
-                                     headers={"Server-Timing": http.server_timing(result.timing),
+                                     headers={"Server-Timing": http.server_timing(result.timing), **result.headers,
                                               "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
     row, reply = result.row, result.reply
     annotate_request_log(request, provider=row.provider, model=row.model)
     whole = _piece(row, _text(row.output), as_chat, thinking=reply.thinking, calls=_raw_calls(reply.tool_calls))
     return JsonResponse({**whole, **_final(row, result.timing)},
-                        headers={"Server-Timing": http.server_timing(result.timing)})
+                        headers={"Server-Timing": http.server_timing(result.timing), **result.headers})
 
 
 @csrf_exempt
@@ -162,7 +162,7 @@ async def _embedding(request, endpoint: str, parse):
         return error_response(request, exc)
     row, reply = result.row, result.reply
     annotate_request_log(request, provider=row.provider, model=row.model)
-    headers = {"Server-Timing": http.server_timing(result.timing)}
+    headers = {"Server-Timing": http.server_timing(result.timing), **result.headers}
     numbers = len(reply.vectors) * (reply.dimensions or 0)
     if endpoint == "/api/embeddings":
         return await http.json_response({"embedding": reply.vectors[0]}, numbers=numbers, headers=headers)

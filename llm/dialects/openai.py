@@ -88,10 +88,11 @@ async def chat_completions(request):
         annotate_request_log(request, provider=row.provider, model=row.model, stream=True)
         include_usage = _include_usage(row.request)
         return StreamingHttpResponse(_events(request, result, include_usage), content_type="text/event-stream",
-                                     headers={"Server-Timing": http.server_timing(result.timing),
+                                     headers={"Server-Timing": http.server_timing(result.timing), **result.headers,
                                               "X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
     annotate_request_log(request, provider=result.row.provider, model=result.row.model)
-    return JsonResponse(_completion(result.row), headers={"Server-Timing": http.server_timing(result.timing)})
+    return JsonResponse(_completion(result.row),
+                        headers={"Server-Timing": http.server_timing(result.timing), **result.headers})
 
 
 @csrf_exempt  # answered 405, not the CSRF failure page
@@ -154,7 +155,7 @@ async def embeddings(request):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     return await http.json_response(body, numbers=len(reply.vectors) * (reply.dimensions or 0),
-                                    headers={"Server-Timing": http.server_timing(result.timing)})
+                                    headers={"Server-Timing": http.server_timing(result.timing), **result.headers})
 
 
 @csrf_exempt
@@ -682,7 +683,11 @@ def _error(request, status: int, message: str, *, code: str, param: str | None =
 
 
 def _error_body(status: int, message: str, *, code: str, param: str | None = None) -> dict:
-    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if code == "budget_exceeded":
+        # OpenAI's own answer to a spent quota: the SDK raises RateLimitError, and x-should-retry stops its retries.
+        code = kind = "insufficient_quota"
+    else:
+        kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 

@@ -59,6 +59,8 @@ WRONG_VALUES = {
     "METRICS_TOKEN": "too short",
     "CONTENT_HMAC_KEY": "too short",
     "RATE_LIMIT_PER_MINUTE": "60/min",
+    "BUDGET_SHADOW_MODE": "sometimes",
+    "BUDGET_COMPLETION_ESTIMATE": "0",
     "FAILED_KEYS_PER_MINUTE": "30/min",
     "PASSWORD_FAILURE_MAX_DELAY": "5m",
     "REDACT_KEYS": "password;token",

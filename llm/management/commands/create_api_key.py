@@ -28,6 +28,22 @@ def _cap(value: str):
     return number
 
 
+NO_LIMIT = ("", "none")
+
+
+def _budget(value: str):
+    """--tokens-per-day / --tokens-per-month: a whole number, 0 or more, or 'none' (no limit)."""
+    if value.strip().lower() in NO_LIMIT:
+        return NO_LIMIT[1]
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 (everything refused), a positive number, or 'none' (no limit)")
+    return number
+
+
 class Command(BaseCommand):
     help = "Issue an API key for the named consumer, creating the consumer if needed. The key is printed once."
 
@@ -38,8 +54,14 @@ class Command(BaseCommand):
         parser.add_argument("--rate-limit", type=int, metavar="PER_MINUTE",
                             help="set the consumer's own generations per minute (0: unlimited)")
         parser.add_argument("--max-concurrent", type=_cap, metavar="N",
-                            help="generations the consumer may have in flight at once, per gateway process "
+                            help="generations the consumer may have in flight at once, across processes with "
+                                 "Redis, else per gateway process "
                                  "(0: no cap; 'default': DEFAULT_MAX_CONCURRENT, as for a new consumer)")
+        parser.add_argument("--tokens-per-day", type=_budget, metavar="N",
+                            help="the consumer's token budget per UTC day, prompt plus completion (0: everything "
+                                 "refused; 'none': no limit)")
+        parser.add_argument("--tokens-per-month", type=_budget, metavar="N",
+                            help="its token budget per UTC month (0: everything refused; 'none': no limit)")
         parser.add_argument("--models", metavar="A,B",
                             help="limit the consumer to these models (comma-separated; '' lifts the limit)")
         parser.add_argument("--templates-only", action="store_true",
@@ -50,7 +72,7 @@ class Command(BaseCommand):
                                  "of their content (prompts, outputs, tool calls, end user, client IP)")
 
     def handle(self, *args, name, expires_in_days, rate_limit, max_concurrent=None, models=None,
-               templates_only=False, no_content=False, **options):
+               templates_only=False, no_content=False, tokens_per_day=None, tokens_per_month=None, **options):
         name = name.strip()
         if not name or len(name) > Consumer._meta.get_field("name").max_length:
             raise CommandError("NAME must be 1 to 100 characters.")
@@ -72,6 +94,10 @@ class Command(BaseCommand):
             if max_concurrent is not None:
                 consumer.max_concurrent = None if max_concurrent == DEFAULT else max_concurrent
                 consumer.save(update_fields=["max_concurrent"])
+            for field, value in (("tokens_per_day", tokens_per_day), ("tokens_per_month", tokens_per_month)):
+                if value is not None:
+                    setattr(consumer, field, None if value == NO_LIMIT[1] else value)
+                    consumer.save(update_fields=[field])
             if models is not None:
                 consumer.allowed_models = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
                 consumer.save(update_fields=["allowed_models"])
@@ -89,9 +115,13 @@ class Command(BaseCommand):
                           + (f"expires {expires_at:%Y-%m-%d %H:%M} UTC." if expires_at else "does not expire."))
         cap, named = admission.concurrency_cap(consumer)
         if cap:
-            self.stdout.write(f"At most {cap} generations in flight at once, per gateway process ({named}).")
+            where = "across every gateway process" if admission.caps_shared() else "per gateway process"
+            self.stdout.write(f"At most {cap} generations in flight at once, {where} ({named}).")
         else:
             self.stdout.write(f"No cap on generations in flight at once ({named}=0).")
+        for budget, window in ((consumer.tokens_per_day, "UTC day"), (consumer.tokens_per_month, "UTC month")):
+            if budget is not None:
+                self.stdout.write(f"Token budget: {budget} tokens per {window}, prompt plus completion.")
         if consumer.allowed_models:
             self.stdout.write(f"Models it may use: {', '.join(consumer.allowed_models)}.")
         if consumer.templates_only:
