@@ -872,6 +872,39 @@ def connect_signals() -> None:
     post_delete.connect(_changed, sender=OllamaServer, dispatch_uid="llm.servers.deleted")
 
 
+def snapshot() -> dict:
+    """What diagnostics show: each listed server as this process knows it (health, models, loaded models, in flight
+    against slots, last error type, last seen) and the warnings (OLLAMA_BASE_URL ignored, versions differing).
+    No URL is shown unmasked, no body of a failed read at all."""
+    current = pool()
+    rows = []
+    for server in registry.configs:
+        health = current.health_of(server.name)
+        in_flight = sum(health.in_flight.values())
+        rows.append({
+            "name": server.name, "url": server.shown_url, "state": server.state,
+            "health": health.status if server.state != "disabled" else "not polled",
+            "models": sorted(health.models) if health.models is not None else None,
+            "loaded": sorted(health.loaded),
+            "in_flight": in_flight, "in_flight_by_model": dict(sorted(health.in_flight.items())),
+            "slots": server.slots, "model_slots": dict(server.model_slots), "max_in_flight": server.max_in_flight,
+            "last_error": health.last_error, "version": health.version,
+            "last_seen": (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(health.last_seen))
+                          if health.last_seen else None),
+        })
+    warnings = []
+    if rows:
+        warnings.append(f"OLLAMA_BASE_URL ({masked_server_url(settings.OLLAMA_BASE_URL)}) is ignored: "
+                        f"{len(rows)} Ollama server(s) are listed in the admin.")
+    versions = {r["version"] for r in rows if r["version"]}
+    if len(versions) > 1:
+        warnings.append("The Ollama servers run different versions (" + ", ".join(
+            f"{r['name']} {r['version']}" for r in rows if r["version"]) + "): a model may behave differently, "
+            "or be missing features, depending on the server chosen. /api/version answers the lowest.")
+    return {"servers": rows, "warnings": warnings, "shared_slots": current.leases.shared,
+            "queued": current.queued_everywhere()}
+
+
 def update_gauges() -> None:
     """Each listed server's slots and up/down in /metrics (by the poller every round, and at each scrape)."""
     if _pool is None:

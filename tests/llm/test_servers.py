@@ -243,15 +243,27 @@ def test_a_server_added_in_the_admin_is_used_within_seconds_without_a_restart(li
 
 
 def test_a_server_refusing_the_gateway_is_misconfigured_and_skipped(listed, fakes):
+    """A 401/403 (an authenticating proxy in front of Ollama, say) marks the server misconfigured: not routed to,
+    shown in diagnostics, until a read of it succeeds again."""
     a, b, c = fakes
     a.preload(MODEL)
     poll_now()
     assert wait_for(lambda: MODEL in servers.pool().health_of("a").loaded, 3)
-    a.fault("status", paths="/api/chat", status=401, message="unauthorized")
+    a.fault("status", paths=["/api/ps", "/api/tags", "/api/chat"], status=401, message="unauthorized")
     response = chat(listed, "refused")
     assert response.status_code == 200
-    assert servers.pool().health_of("a").misconfigured
-    assert not served_by(b, "refused") or not served_by(c, "refused")
+    assert len(served_by(b, "refused")) + len(served_by(c, "refused")) == 1
+    row = Generation.objects.get()
+    # Refused by a (if the poller had not found out first), then answered by another server.
+    assert row.models_tried[0] in ({"model": MODEL, "server": "a", "outcome": "upstream_error"},
+                                   {"model": MODEL, "server": row.server, "outcome": "succeeded"})
+    assert wait_for(lambda: servers.pool().health_of("a").misconfigured, 3)
+    for i in range(3):
+        assert chat(listed, f"after {i}").status_code == 200
+        assert not served_by(a, f"after {i}")
+    assert servers.snapshot()["servers"][0]["health"] == "misconfigured"
+    a.clear_faults()
+    assert wait_for(lambda: servers.pool().health_of("a").usable, 3)
 
 
 def test_one_queue_per_model_is_fair_across_consumers(listed, fakes, settings):
@@ -382,3 +394,107 @@ def test_a_server_url_is_http_or_https_and_per_model_slots_are_whole_numbers(url
     with pytest.raises(ValidationError):
         OllamaServer(name="bad", base_url=url, model_slots=model_slots).full_clean()
     OllamaServer(name="good", base_url="https://h.example:443/ollama", model_slots={"m": 0, "n:7b": 8}).full_clean()
+
+
+def listing(gateway, method, path, body=None):
+    with httpx.Client(base_url=gateway.url, timeout=30, trust_env=False,
+                      headers={"Authorization": f"Bearer {gateway.key}"}) as client:
+        return client.request(method, path, json=body)
+
+
+def test_listings_are_the_union_over_healthy_servers(listed, fakes, consumer):
+    a, b, c = fakes
+    a.models[:] = ["only-a:1b", MODEL]
+    b.models[:] = ["only-b:1b", MODEL]
+    c.models[:] = ["only-c:1b"]
+    a.version, b.version, c.version = "0.5.7", "0.4.2", "0.6.0"
+    b.preload(MODEL)
+    poll_now()
+    assert wait_for(lambda: servers.pool().health_of("c").models == {"only-c:1b"}, 3)
+    c.stop()
+    assert wait_for(lambda: servers.pool().health_of("c").down, 5)
+
+    names = sorted(m["name"] for m in listing(listed, "GET", "/api/tags").json()["models"])
+    assert names == sorted(["only-a:1b", "only-b:1b", MODEL])  # c is down: its models are not offered
+    assert sorted(m["id"] for m in listing(listed, "GET", "/v1/models").json()["data"]) == names
+    assert [m["name"] for m in listing(listed, "GET", "/api/ps").json()["models"]] == [MODEL]
+    assert listing(listed, "GET", "/api/version").json() == {"version": "0.4.2"}
+    shown = listing(listed, "POST", "/api/show", {"model": "only-b:1b"})
+    assert shown.status_code == 200
+    assert [r.path for r in b.requests if r.path == "/api/show"] == ["/api/show"]
+    assert listing(listed, "POST", "/api/show", {"model": "nowhere:1b"}).status_code == 404
+
+    # The consumer's allow-list filters the union.
+    consumer.allowed_models = ["only-a:1b"]
+    consumer.save()
+    assert [m["name"] for m in listing(listed, "GET", "/api/tags").json()["models"]] == ["only-a:1b"]
+
+
+def test_an_ollama_500_tries_the_model_on_another_server_first(listed, fakes):
+    a, b, c = fakes
+    a.preload(MODEL)
+    poll_now()
+    assert wait_for(lambda: MODEL in servers.pool().health_of("a").loaded, 3)
+    a.fault("status", paths="/api/chat", status=500, message="model requires more system memory", times=1)
+    response = chat(listed, "oom")
+    assert response.status_code == 200
+    row = Generation.objects.get()
+    assert [(t["server"], t["outcome"]) for t in row.models_tried][0] == ("a", "upstream_error")
+    assert row.models_tried[-1]["outcome"] == "succeeded" and row.server in ("b", "c")
+    assert "memory" not in response.text
+
+
+def test_readyz_does_not_depend_on_the_servers(listed, fakes):
+    for fake in fakes:
+        fake.stop()
+    assert wait_for(lambda: all(servers.pool().health_of(n).down for n in "abc"), 5)
+    with httpx.Client(base_url=listed.url, trust_env=False) as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_check_ollama_checks_every_server_one_block_each(listed, fakes):
+    from tests.conftest import run_check_ollama
+
+    fakes[2].stop()
+    OllamaServer.objects.filter(name="b").update(base_url=fakes[1].url.replace("http://", "http://ops:pw@"))
+    code, out = run_check_ollama("--json")
+    assert code == 1
+    reports = json.loads(out)
+    assert [r["name"] for r in reports] == ["a", "b", "c"]
+    assert [r["ok"] for r in reports] == [True, True, False]
+    assert "ops:pw" not in out
+    code, out = run_check_ollama("--server", "a")
+    assert code == 0 and "[a]" in out and "[b]" not in out
+    code, out = run_check_ollama()
+    assert code == 1 and "[a]" in out and "[b]" in out and "[c]" in out and "OLLAMA_BASE_URL is ignored" in out
+    code, out = run_check_ollama("--server", "zz")
+    assert code == 2
+
+
+def test_diagnostics_and_metrics_show_each_server(listed, fakes, django_user_model):
+    from django.test import Client
+    from django.urls import reverse
+
+    fakes[0].version = "0.9.0"
+    poll_now()
+    assert wait_for(lambda: servers.pool().health_of("a").version == "0.9.0", 3)
+    assert chat(listed, "counted").status_code == 200
+    staff = django_user_model.objects.create_user("staff", password="pw-123-long", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    page = client.get(reverse("admin:diagnostics_servers")).content.decode()
+    assert 'id="ollama-servers"' in page
+    for name in "abc":
+        assert f'<th scope="row">{name}</th>' in page
+    assert "OLLAMA_BASE_URL" in page and "is ignored" in page
+    assert "different versions" in page
+    assert client.post(reverse("admin:diagnostics_servers")).status_code == 302
+
+    from llm import metrics
+
+    text = metrics.exposition(None)[0].decode()
+    assert 'llm_gateway_server_up{server="a"} 1.0' in text
+    assert 'llm_gateway_server_slots{server="b"} 1.0' in text
+    assert any(line.startswith("llm_gateway_server_requests_total{") and 'outcome="succeeded"' in line
+               for line in text.splitlines())
+    assert 'llm_gateway_server_in_flight{server="' in text
