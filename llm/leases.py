@@ -111,7 +111,9 @@ class LeaseManager:
         self.poll = poll
         # In-memory leases: key -> {lease id: expiry (monotonic)}; used without Redis or while it is down.
         self._local: dict[str, dict[str, float]] = {}
-        self._held_strong: set[Lease] = set()
+        # Renewed while held. Weakly: a lease its holder dropped without releasing (a bug, a task torn down) is no
+        # longer renewed, and expires within ttl instead of keeping its slot for ever.
+        self._held: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._redis_failed_at: float | None = None
         # Per event loop (a Redis asyncio client and the waiters' wake-up are bound to the loop that made them).
         self._loop_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -177,7 +179,7 @@ class LeaseManager:
 
     def held(self) -> int:
         """Leases this process holds (not released)."""
-        return sum(1 for lease in list(self._held_strong) if not lease.released)
+        return sum(1 for lease in list(self._held) if not lease.released)
 
     async def close(self) -> None:
         """Stop the renewal and close this loop's Redis client (tests; a process just exits)."""
@@ -224,7 +226,7 @@ class LeaseManager:
         REDIS_DOWN.cleared("leases shared through Redis again")
 
     def _hold(self, lease: Lease) -> Lease:
-        self._held_strong.add(lease)
+        self._held.add(lease)
         state = self._state()
         if state["renewer"] is None or state["renewer"].done():
             state["renewer"] = asyncio.get_running_loop().create_task(self._renew_forever(),
@@ -246,7 +248,7 @@ class LeaseManager:
         return self._hold(Lease(self, key, lease_id, shared=False))
 
     async def _release(self, lease: Lease) -> None:
-        self._held_strong.discard(lease)
+        self._held.discard(lease)
         try:
             if lease.shared:
                 client = self._state()["client"] or self._client()
@@ -283,7 +285,7 @@ class LeaseManager:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.renew_every)
-            held = [lease for lease in list(self._held_strong) if not lease.released]
+            held = [lease for lease in list(self._held) if not lease.released]
             if not held:
                 continue
             try:

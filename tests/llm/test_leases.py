@@ -215,3 +215,20 @@ def test_with_redis_down_leases_are_counted_per_process_and_logged_once(caplog):
     warnings = [r for r in caplog.records if r.name == "llm.leases" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "per process" in warnings[0].getMessage()
+
+
+def test_a_lease_dropped_without_release_is_no_longer_renewed_and_expires():
+    import gc
+
+    manager = LeaseManager(None, ttl=0.3, renew_every=0.05)
+
+    async def run():
+        kept = await manager.acquire("k", 2)
+        await manager.acquire("k", 2)  # dropped at once: nobody can release it
+        gc.collect()
+        await asyncio.sleep(0.5)
+        assert manager.held() == 1
+        assert await manager.count("k") == 1  # the kept one, renewed; the dropped one expired
+        await kept.release()
+
+    asyncio.run(run())
