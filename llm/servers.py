@@ -419,10 +419,35 @@ class Pool:
 
         def rank(server: ServerConfig):
             health = self.health_of(server.name)
-            load = health.in_flight.get(wanted, 0) / max(1, server.slots_for(model))
-            return (server.name != previous, wanted not in health.loaded, load, server.name)
+            mine = health.in_flight.get(wanted, 0)
+            others = sum(health.in_flight.values()) - mine
+            # Affinity; then the model there (running now, or loaded by /api/ps), a server running no other model
+            # first (Ollama would have to make room for this one); then the fewest in flight for the model
+            # relative to its slots.
+            return (server.name != previous, not (mine > 0 or wanted in health.loaded), others > 0,
+                    mine / max(1, server.slots_for(model)), others, server.name)
 
         return sorted(servers, key=rank)
+
+    def _without_swaps(self, servers: list[ServerConfig], model: str) -> list[ServerConfig]:
+        """While the model is loaded (or loading) on one of them, not the servers that run other models now and lack
+        it: there
+        Ollama would have to load it beside them or unload them first (10-60 s, and the others' prompt caches);
+        a slot of a server that has it frees within one generation."""
+        wanted = canonical(model)
+
+        def present(server: ServerConfig) -> bool:  # loaded there, or being loaded for a generation of ours
+            health = self.health_of(server.name)
+            return wanted in health.loaded or health.in_flight.get(wanted, 0) > 0
+
+        if not any(present(s) for s in servers):
+            return servers
+
+        def busy_elsewhere(server: ServerConfig) -> bool:
+            health = self.health_of(server.name)
+            return not present(server) and sum(health.in_flight.values()) > 0
+
+        return [s for s in servers if not busy_elsewhere(s)]
 
     async def _take(self, server: ServerConfig, model: str) -> Slot | None:
         wanted = canonical(model)
@@ -440,6 +465,8 @@ class Pool:
         return Slot(self, server, wanted, taken)
 
     async def _try(self, servers: list[ServerConfig], model: str, affinity: str | None) -> Slot | None:
+        if settings.OLLAMA_SERVER_CHOICE != "random":
+            servers = self._without_swaps(servers, model)
         for server in self._ordered(servers, model, affinity):
             slot = await self._take(server, model)
             if slot is not None:
