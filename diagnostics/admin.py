@@ -107,6 +107,12 @@ class ConnectionCheckAdmin(StaffReadOnlyAdmin):
         return self._ollama_page(request, shown.report if shown else None, shown)
 
     def _ollama_page(self, request, report, row):
+        from llm.models import OllamaServer
+
+        if OllamaServer.objects.exists():
+            messages.warning(request, "Ollama servers are listed in the admin: OLLAMA_BASE_URL, checked here, is "
+                                      "ignored by generations. See Diagnostics → Ollama servers, or run "
+                                      "manage.py check_ollama.")
         current = {s.name: s for s in resolved_settings().settings}
         context = {
             **self.admin_site.each_context(request),

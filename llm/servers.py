@@ -642,6 +642,19 @@ class Pool:
             return await self._streamed(request, lambda provider: provider.complete(request, stream=True))
         return await self._whole(request, lambda provider: provider.complete(request))
 
+    async def embed(self, request, *args, **kwargs):
+        """Embeddings (once OllamaProvider has `embed`): a slot of the model on a chosen server, like a generation."""
+        return await self.one_call(request.model, lambda provider: provider.embed(request, *args, **kwargs))
+
+    async def one_call(self, model: str, invoke: Callable[[OllamaProvider], Awaitable[Any]], *,
+                       generation: bool = True):
+        """`invoke(provider)` once answered by a chosen server (see run()), its slot released: the shape any further
+        provider call takes through the pool."""
+        answer, _, slot, calls = await self.run(model, invoke, generation=generation)
+        if slot is not None:
+            await slot.release()
+        return answer
+
     async def _whole(self, request: GenerationRequest, invoke) -> ProviderReply:
         answer, server, slot, calls = await self.run(request.model, invoke,
                                                      affinity=conversation_key(request.messages))
