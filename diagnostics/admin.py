@@ -53,6 +53,7 @@ class ConnectionCheckAdmin(StaffReadOnlyAdmin):
         pages = [
             path("settings/", self.admin_site.admin_view(self.settings_view), name="diagnostics_settings"),
             path("ollama/", self.admin_site.admin_view(self.ollama_view), name="diagnostics_ollama"),
+            path("servers/", self.admin_site.admin_view(self.servers_view), name="diagnostics_servers"),
         ]
         return pages + super().get_urls()
 
@@ -63,7 +64,25 @@ class ConnectionCheckAdmin(StaffReadOnlyAdmin):
              "admin_url": reverse("admin:diagnostics_settings"), "add_url": None, "view_only": True},
             {"name": "Ollama connection", "object_name": "OllamaConnection", "model": None, "perms": {"view": True},
              "admin_url": reverse("admin:diagnostics_ollama"), "add_url": None, "view_only": True},
+            {"name": "Ollama servers", "object_name": "OllamaServers", "model": None, "perms": {"view": True},
+             "admin_url": reverse("admin:diagnostics_servers"), "add_url": None, "view_only": True},
         ]
+
+    def servers_view(self, request):
+        """Each Ollama server listed in the admin as this process knows it; POST: read them all now."""
+        from llm import servers
+
+        servers.registry.refresh()
+        if servers.registry.listed:
+            servers.pool().configured()  # polled from now on in this process too
+        if request.method == "POST":
+            servers.pool().poller().refresh_now()
+            messages.success(request, "Every server's models and loaded models are being read now; reload the page "
+                                      "in a few seconds.")
+            return redirect(reverse("admin:diagnostics_servers"))
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Ollama servers",
+                   "snapshot": servers.snapshot(), "mode": settings.GENERATOR_MODE}
+        return TemplateResponse(request, "admin/diagnostics/servers.html", context)
 
     def settings_view(self, request):
         context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Resolved settings",
@@ -88,6 +107,12 @@ class ConnectionCheckAdmin(StaffReadOnlyAdmin):
         return self._ollama_page(request, shown.report if shown else None, shown)
 
     def _ollama_page(self, request, report, row):
+        from llm.models import OllamaServer
+
+        if OllamaServer.objects.exists():
+            messages.warning(request, "Ollama servers are listed in the admin: OLLAMA_BASE_URL, checked here, is "
+                                      "ignored by generations. See Diagnostics → Ollama servers, or run "
+                                      "manage.py check_ollama.")
         current = {s.name: s for s in resolved_settings().settings}
         context = {
             **self.admin_site.each_context(request),

@@ -262,6 +262,12 @@ SPECS: tuple[SettingSpec, ...] = (
                      "process; 0: no cap"),
     SettingSpec("UPSTREAM_QUEUE_TIMEOUT", "30", _number(0),
                 help="seconds a generation waits for a free upstream slot before 503 upstream_busy"),
+    SettingSpec("UPSTREAM_QUEUE_PER_CONSUMER", "50", _integer(0, 100_000),
+                help="generations one consumer may have waiting for a model's slot on the Ollama servers listed in "
+                     "the admin, per process; past it 429 rate_limited with Retry-After: 1; 0: no bound"),
+    SettingSpec("OLLAMA_SERVER_CHOICE", "placement", _choice("placement", "random"),
+                help="how a generation's server is chosen among those listed in the admin: placement (affinity, "
+                     "loaded model, least loaded); random is for benchmarks only"),
     SettingSpec("GRACEFUL_TIMEOUT", "300", _number(0),
                 help="seconds in-flight generations get to finish when a worker stops (SIGTERM); then they end"),
     SettingSpec("DATABASE_POOL_SIZE", "8", _integer(1, 1000),

@@ -18,8 +18,8 @@ from django.utils.safestring import mark_safe
 
 from gateway_project.admin_site import StaffReadOnlyAdmin
 from llm import admission, api_keys, budgets, dashboard, prompt_templates
-from llm.models import (VERSION_CONTENT, ApiKey, Consumer, Generation, PromptTemplate, PromptTemplateVersion,
-                        ToolSet)
+from llm.models import (VERSION_CONTENT, ApiKey, Consumer, Generation, OllamaServer, PromptTemplate,
+                        PromptTemplateVersion, ToolSet, masked_server_url)
 from llm.prompts import MissingPlaceholders, TemplateSyntaxError
 
 
@@ -469,6 +469,9 @@ class KindFilter(admin.SimpleListFilter):
         return queryset if value is None else queryset.filter(kind=value)
 
 
+SERVER_FILTER = indexed_values_filter("server", "server")
+
+
 @admin.register(Generation)
 class GenerationAdmin(StaffReadOnlyAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone.
@@ -484,6 +487,17 @@ class GenerationAdmin(StaffReadOnlyAdmin):
                    indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
                    indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
     list_select_related = ("consumer",)
+
+    def get_list_filter(self, request):
+        """With Ollama servers listed (as this process last read them), or a server asked for, a filter by the
+        server that answered (its choices cost one more indexed read, so not without servers)."""
+        from llm import servers
+
+        filters = list(super().get_list_filter(request))
+        if servers.registry.listed or "server" in request.GET:
+            filters.insert(4, SERVER_FILTER)
+        return filters
+
     # Any other sort would read the whole table.
     sortable_by = ("created",)
     search_fields = ("=id",)
@@ -499,8 +513,8 @@ class GenerationAdmin(StaffReadOnlyAdmin):
         (None, {"fields": ("id", "kind", "status", "http_status", "created_at", "finished_at", "worker",
                            "repeat_count")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
-                                "template_version_link", "mode", "provider", "model", "stream", "end_user_shown",
-                                "client_ip_shown", "user_agent", "request_bytes", "request_json")}),
+                                "template_version_link", "mode", "provider", "server", "model", "stream",
+                                "end_user_shown", "client_ip_shown", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("tools_offered", "tool_results", "prompt_json")}),
         ("Embeddings (the vectors are never stored)", {
             "fields": ("input_count", "input_chars", "inputs_json", "dimensions")}),
@@ -714,3 +728,75 @@ def _pretty(value):
     if value is None:
         return "—"
     return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+class OllamaServerForm(forms.ModelForm):
+    """The server's URL is shown with its credentials masked; submitted unchanged, the stored URL is kept."""
+
+    class Meta:
+        model = OllamaServer
+        fields = ("name", "base_url", "state", "slots", "model_slots", "max_in_flight")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and "base_url" in self.fields:
+            self.initial["base_url"] = masked_server_url(self.instance.base_url)
+
+    def clean_base_url(self):
+        value = (self.cleaned_data.get("base_url") or "").strip()
+        if self.instance.pk and value == masked_server_url(self.instance.base_url):
+            return self.instance.base_url
+        return value
+
+
+@admin.register(OllamaServer)
+class OllamaServerAdmin(admin.ModelAdmin):
+    """The Ollama servers generations go to (llm.servers). Superusers edit them; other staff read them. A change
+    reaches every gateway process within 5 seconds."""
+
+    form = OllamaServerForm
+    list_display = ("name", "shown_base_url", "state", "slots", "max_in_flight", "updated_at")
+    list_filter = ("state",)
+    actions = ("refresh_now",)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def get_readonly_fields(self, request, obj=None):
+        if self.has_change_permission(request, obj):
+            return ()
+        return ("name", "shown_base_url", "state", "slots", "model_slots", "max_in_flight")
+
+    def get_fields(self, request, obj=None):
+        if self.has_change_permission(request, obj):
+            return ("name", "base_url", "state", "slots", "model_slots", "max_in_flight")
+        return ("name", "shown_base_url", "state", "slots", "model_slots", "max_in_flight")
+
+    @admin.display(description="Base URL")
+    def shown_base_url(self, obj):
+        return obj.shown_url
+
+    @admin.action(description="Refresh now: read the selected servers' models and loaded models")
+    def refresh_now(self, request, queryset):
+        from llm import servers
+
+        servers.registry.refresh()
+        poller = servers.pool().poller()
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            poller.refresh_now(name)
+        poller.start()
+        self.message_user(request, f"Asked {len(names)} server(s) for their models and loaded models now; the "
+                                   "diagnostics page shows the answers within seconds.", messages.SUCCESS)

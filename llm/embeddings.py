@@ -61,7 +61,7 @@ async def embed(*, request_id: UUID, body: bytes, body_size: int, content_type: 
         raise
     task = asyncio.current_task()
     admission.register(task)
-    route = Route(models)
+    route = Route(models, consumer=row.consumer_id)
     try:
         try:
             async with Deadline(started):
@@ -70,6 +70,7 @@ async def embed(*, request_id: UUID, body: bytes, body_size: int, content_type: 
             timing.upstream_ms = route.upstream_ms
             timing.provider_durations = reply.durations or {}
             row.models_tried = route.tried
+            row.server = route.server
             row.dimensions = reply.dimensions
             row.succeed(output=None, model=reply.model, prompt_tokens=reply.prompt_tokens, completion_tokens=None,
                         upstream_ms=round(route.upstream_ms, 2), latency_ms=timing.total_ms(),

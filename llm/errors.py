@@ -30,6 +30,11 @@ class GatewayError(Exception):
 
     type = "internal_error"
     status = 500
+    # Set by the Ollama provider (llm.providers.ollama) on what a server answered: its HTTP status, whether another
+    # server may take the request at once (nothing was sent to the client yet), whether it refused the gateway.
+    upstream_status: int | None = None
+    failover = False
+    misconfigured = False
 
     def __init__(self, message: str, *, staff_message: str | None = None, details: dict | None = None,
                  headers: dict | None = None, attempts: int | None = None):

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from gateway_project.db_steps import db_step
-from llm import api_keys, model_access, selectors
+from llm import api_keys, model_access, selectors, servers
 from llm.errors import ModelNotFound
 from llm.models import Consumer
 from llm.providers import get_provider
@@ -87,6 +87,7 @@ def _authenticated(caller) -> tuple[Consumer, list[str] | None]:
     """The caller's consumer (NotAuthenticated or KeyRefused if none) and, in mock mode, the mock's models."""
     caller.api_key = api_keys.check(caller.presented_key, refusal=caller.refusal, client_ip=caller.client_ip)
     mock_names = selectors.template_model_names() if settings.GENERATOR_MODE != "live" else None
+    servers.refresh_if_stale()  # the admin's list of Ollama servers, at most every 2 s (llm.servers)
     return caller.api_key.consumer, mock_names
 
 

@@ -111,9 +111,25 @@ BUDGET_WARNINGS = Gauge(
     "Active consumers that have used 80 % or more of a token budget (day or month) in its current window.",
     multiprocess_mode="mostrecent", registry=REGISTRY)
 
+# Per Ollama server (llm.servers): labels are the names listed in the admin, a bounded set.
+SERVER_REQUESTS = Counter(
+    "llm_gateway_server_requests_total", "Calls to each Ollama server, by outcome (succeeded or the error type).",
+    ["server", "outcome"], registry=REGISTRY)
+SERVER_IN_FLIGHT = Gauge(
+    "llm_gateway_server_in_flight", "Generations running on each Ollama server now.",
+    ["server"], multiprocess_mode="livesum", registry=REGISTRY)
+SERVER_SLOTS = Gauge(
+    "llm_gateway_server_slots", "Each Ollama server's slots per model (its default; per-model overrides aside).",
+    ["server"], multiprocess_mode="livemax", registry=REGISTRY)
+# livemin: up only while every gateway process finds it up (health is tracked per process).
+SERVER_UP = Gauge(
+    "llm_gateway_server_up", "1 while an Ollama server is usable (not down, not misconfigured), else 0.",
+    ["server"], multiprocess_mode="livemin", registry=REGISTRY)
+
 FAMILIES = (REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, FIRST_TOKEN, TOKENS, RETRIES, FALLBACKS,
             RATE_LIMITED, AUDIT_WRITE_FAILURES, AUDIT_SPOOLED, AUDIT_SPOOL_LOST, AUDIT_REPLAYED, IN_FLIGHT,
-            EMBEDDING_REQUESTS, EMBEDDING_INPUTS, EMBEDDING_DURATION, BUDGET_WARNINGS)
+            EMBEDDING_REQUESTS, EMBEDDING_INPUTS, EMBEDDING_DURATION, BUDGET_WARNINGS, SERVER_REQUESTS,
+            SERVER_IN_FLIGHT, SERVER_SLOTS, SERVER_UP)
 
 
 def _never_raises(function):
@@ -192,6 +208,22 @@ def audit_write_failed(stage: str) -> None:
 @_never_raises
 def audit_spooled(store: str) -> None:
     AUDIT_SPOOLED.labels(store).inc()
+
+
+@_never_raises
+def server_request(server: str, outcome: str) -> None:
+    SERVER_REQUESTS.labels(server[:100], outcome[:32]).inc()
+
+
+@_never_raises
+def server_in_flight(server: str, change: int) -> None:
+    SERVER_IN_FLIGHT.labels(server[:100]).inc(change)
+
+
+@_never_raises
+def server_state(server: str, *, slots: int, up: bool) -> None:
+    SERVER_SLOTS.labels(server[:100]).set(slots)
+    SERVER_UP.labels(server[:100]).set(1 if up else 0)
 
 
 @_never_raises
@@ -301,4 +333,7 @@ def count_budget_warnings() -> None:
 def exposition(accept: str | None) -> tuple[bytes, str]:
     """The metrics in the format the scraper asks for (Prometheus text by default) and its content type."""
     encode, content_type = choose_encoder(accept or "")
+    from llm import servers
+
+    servers.update_gauges()
     return encode(_Families() if MULTIPROC_DIR else REGISTRY), content_type

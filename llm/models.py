@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -345,6 +345,9 @@ class Generation(models.Model):
     mode = models.CharField(max_length=8, blank=True)
     provider = models.CharField(max_length=16, blank=True)
     model = models.CharField(max_length=SHORT, blank=True)
+    server = models.CharField(max_length=100, blank=True,
+                              help_text="The Ollama server that answered (its name in the admin's list); empty "
+                                        "with only OLLAMA_BASE_URL, or when none answered.")
 
     request = models.JSONField(null=True, blank=True, help_text="The request body as received, if it was JSON.")
     request_bytes = models.PositiveIntegerField(default=0)
@@ -399,7 +402,8 @@ class Generation(models.Model):
                                          related_name="generations")
     models_tried = models.JSONField(
         default=list, blank=True,
-        help_text='Each call in order: {"model": ..., "outcome": "succeeded" or the error}.')
+        help_text='Each call in order: {"model": ..., "server": ..., "outcome": "succeeded" or the error} ("server" '
+                  'only when servers are listed in the admin).')
     # SET_NULL: deleting a consumer must not delete its history; api_key_prefix still tells whose it was.
     consumer = models.ForeignKey(Consumer, null=True, blank=True, on_delete=models.SET_NULL,
                                  related_name="generations", db_index=False)
@@ -432,7 +436,8 @@ class Generation(models.Model):
         indexes = [
             models.Index(fields=["created_at", "id"], name="gen_created"),
             *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
-              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type", "kind")),
+              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type", "kind",
+                             "server")),
             # The admin's exact-match search by end user (the people behind a chat UI's shared key).
             models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
             # A consumer's tokens in a budget window (llm.budgets): summed from the index alone.
@@ -525,7 +530,7 @@ class Generation(models.Model):
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
                       "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "dimensions",
-                      "budget_tokens")
+                      "budget_tokens", "server")
 
     def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms
@@ -607,3 +612,85 @@ class UsageRollupState(models.Model):
         null=True, help_text="Every generation created before this is counted in UsageHour; nothing after it.")
     pruned_before = models.DateTimeField(
         null=True, help_text="prune_audit deleted generations created before this: hours before it cannot be rebuilt.")
+
+
+def _valid_server_url(value: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        raise ValidationError("Enter a valid http:// or https:// URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Only http:// and https:// URLs with a host are accepted.")
+    if parts.query or parts.fragment:
+        raise ValidationError("The base URL takes no query or fragment.")
+
+
+def _valid_model_slots(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError('Per-model slots are a JSON object, e.g. {"qwen2.5:7b": 4}.')
+    if len(value) > 200:
+        raise ValidationError("At most 200 per-model overrides.")
+    for name, slots in value.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValidationError("Each key is a model name (1-200 characters).")
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= 1000:
+            raise ValidationError(f"Slots for {name[:200]!r} must be a whole number from 0 to 1000 (0: never sent "
+                                  "there).")
+
+
+class OllamaServer(models.Model):
+    """One Ollama server the gateway sends generations to (llm.servers). With none listed, OLLAMA_BASE_URL is the
+    one server."""
+
+    class State(models.TextChoices):
+        ENABLED = "enabled", "enabled: takes new generations"
+        DRAINING = "draining", "draining: finishes what it has, takes nothing new"
+        DISABLED = "disabled", "disabled: gets nothing, not polled"
+
+    name = models.SlugField(max_length=100, unique=True,
+                            help_text="Shown in diagnostics, audit rows and metrics labels: letters, digits, - and _.")
+    base_url = models.CharField(
+        max_length=500, validators=[_valid_server_url],
+        help_text="http:// or https:// only, e.g. http://gpu-1:11434. Credentials in it are masked wherever shown.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ENABLED)
+    slots = models.PositiveIntegerField(
+        default=1, validators=[MaxValueValidator(1000)],
+        help_text="Generations it runs at once per model: its OLLAMA_NUM_PARALLEL (Ollama's default 1).")
+    model_slots = models.JSONField(
+        default=dict, blank=True, validators=[_valid_model_slots],
+        help_text='Per-model overrides of the slots, e.g. {"qwen2.5:7b": 4}.')
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(10000)],
+        help_text="Optional cap on generations at once over all its models; empty: none.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "Ollama server"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def shown_url(self) -> str:
+        return masked_server_url(self.base_url)
+
+
+def masked_server_url(url: str) -> str:
+    """A server's URL with whatever stands before "@" (a user, a token, user:password) masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from gateway_project.redaction import MASK
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return urlunsplit((parts.scheme, f"{MASK}@{hostport}", parts.path, parts.query, parts.fragment))

@@ -47,9 +47,13 @@ def candidate_models(version: PromptTemplateVersion, requested: str | None, cons
 class Route:
     """One request's way through its candidate models; what it tried stays readable after a failure."""
 
-    def __init__(self, models: list[str]):
+    def __init__(self, models: list[str], *, consumer=None):
         self.models = models
-        self.tried: list[dict] = []  # {"model": ..., "outcome": "succeeded" | error type}, one per provider call
+        # {"model": ..., "outcome": "succeeded" | error type}, one per provider call; with several servers (a pool
+        # that records its own tries) {"model", "server", "outcome"}, one per server called.
+        self.tried: list[dict] = []
+        self.consumer = consumer
+        self._state = None  # a pool's: the request's retry budget and the server that answered
         self.upstream_ms = 0.0
         self.attempts = 0  # HTTP calls to the provider, its own retries included
         self._first = 0  # the model asked first: the one that answered last
@@ -69,6 +73,11 @@ class Route:
         """Vectors from the request's model (a client's chosen model has no fallback)."""
         return await self._first_answer(provider.embed, request)
 
+    @property
+    def server(self) -> str:
+        """The server that answered last (empty without several servers)."""
+        return self._state.server if self._state is not None else ""
+
     def reject(self, error: GatewayError) -> None:
         """Record that the last reply could not be used."""
         self.tried[-1]["outcome"] = error.type
@@ -86,6 +95,9 @@ class Route:
         raise _exhausted(failures, self.tried)
 
     async def _call(self, call, request: GenerationRequest):
+        if getattr(getattr(call, "__self__", None) or getattr(getattr(call, "func", None), "__self__", None),
+                   "records_tries", False):
+            return await self._pooled(call, request)
         entry = {"model": request.model, "outcome": "pending"}
         self.tried.append(entry)
         started = time.perf_counter()
@@ -100,6 +112,26 @@ class Route:
         finally:
             self.upstream_ms += (time.perf_counter() - started) * 1000
         entry["outcome"] = "succeeded"
+        self.attempts += answer.attempts
+        return answer
+
+    async def _pooled(self, call, request: GenerationRequest):
+        """A call through llm.servers' pool: it records one entry per server it calls, and shares one retry budget
+        over the request's calls."""
+        from llm import servers
+
+        if self._state is None:
+            self._state = servers.RouteState(self.tried, self.consumer)
+        token = servers.ROUTE.set(self._state)
+        started = time.perf_counter()
+        try:
+            answer = await call(request)
+        except BaseException as exc:
+            self.attempts += getattr(exc, "attempts", None) or 1
+            raise
+        finally:
+            servers.ROUTE.reset(token)
+            self.upstream_ms += (time.perf_counter() - started) * 1000
         self.attempts += answer.attempts
         return answer
 

@@ -33,8 +33,7 @@ from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
 from llm import (admission, api_keys, audit_spool, budgets, content_hmac, failed_keys, large_bodies, metrics,
-                 model_access,
-                 rate_limits)
+                 model_access, rate_limits, servers)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
                         RequestTimeout, ShuttingDown, UnsupportedMediaType, UpstreamTimeout)
@@ -180,7 +179,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
         raise
     task = asyncio.current_task()
     admission.register(task)
-    route = Route(models)
+    route = Route(models, consumer=row.consumer_id)
     provider = get_provider()
     handed_over = False
     try:
@@ -205,6 +204,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                 timing.upstream_ms = route.upstream_ms
                 timing.provider_durations = reply.durations or {}
                 row.models_tried = route.tried
+                row.server = route.server
                 row.succeed(output=_storable(output), model=reply.model, prompt_tokens=reply.prompt_tokens,
                             completion_tokens=reply.completion_tokens, upstream_ms=_rounded(route.upstream_ms),
                             latency_ms=_elapsed_ms(started), attempts=route.attempts,
@@ -374,6 +374,7 @@ def _settle_stream(streaming: Streaming, route: Route, stream, output, error: Ga
     row, timing = streaming.row, streaming.timing
     reply = stream.reply
     row.models_tried = route.tried
+    row.server = route.server
     if error is None:
         reply = sent.reply(reply)
         timing.provider_durations = reply.durations or {}
@@ -512,6 +513,7 @@ async def release_consumer(row: Generation) -> None:
 async def _finish_failure(row: Generation, route: Route, exc: GatewayError, started: float, *,
                           raw_output: str = "") -> None:
     row.models_tried = route.tried
+    row.server = route.server
     _fail(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
           raw_output=raw_output, attempts=route.attempts)
     await record(row)
@@ -602,6 +604,8 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             _record_failure(row, failure, started)
             raise failure from None
 
+        # The admin's list of Ollama servers, re-read here at most every 2 s (llm.servers): no step of its own.
+        servers.refresh_if_stale()
         row.provider = get_provider().name
         try:
             row.save(force_insert=True)

@@ -47,6 +47,19 @@ def audit_spool_dir(tmp_path, settings):
 
 
 @pytest.fixture(autouse=True)
+def _no_servers_carried_over():
+    """The admin's list of Ollama servers, as a process read it, and what it knows of them: each test reads its own
+    (a list left behind would route the next test's generations to servers that are gone)."""
+    from llm import servers
+
+    servers.registry.forget()
+    servers.pool().forget()
+    yield
+    servers.registry.forget()
+    servers.pool().forget()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Rate-limit counters live in the cache; a test must not inherit another's (primary keys get reused)."""
     cache.clear()

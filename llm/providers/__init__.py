@@ -19,6 +19,11 @@ logger = logging.getLogger("llm.providers")
 def get_provider():
     """The provider GENERATOR_MODE selects, built once per process (per distinct configuration)."""
     if settings.GENERATOR_MODE == "live":
+        from llm import servers
+
+        if servers.listed():
+            # Servers listed in the admin: OLLAMA_BASE_URL is ignored (diagnostics say so).
+            return servers.pool()
         return _ollama(settings.OLLAMA_BASE_URL, settings.OLLAMA_TIMEOUT, settings.OLLAMA_CONNECT_TIMEOUT,
                        settings.OLLAMA_MAX_RETRIES, settings.OLLAMA_RETRY_BACKOFF)
     _announce_mock()

@@ -114,6 +114,8 @@ class OllamaProvider:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Told of every failure and answer of this server (llm.servers: its health, per process), if set.
+        self.observer = None
 
     def _shards(self) -> ClientShards:
         """The running event loop's clients: one set per worker process in production.
@@ -212,8 +214,12 @@ class OllamaProvider:
             said = exc.message if content_hmac.withheld_here() else exc.staff_message
             self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {said}",
                                             base_url=self.shown_url)
+        if self.observer is not None:
+            self.observer.failed(exc)
 
     def note_answer(self) -> None:
+        if self.observer is not None:
+            self.observer.answered()
         for condition in self.failing.all():
             condition.cleared(f"Ollama answers again ({condition.name.rsplit(':', 1)[-1]} is over)",
                               base_url=self.shown_url)
@@ -307,7 +313,10 @@ class OllamaProvider:
                 if retries_left and isinstance(exc, RETRIED_TRANSPORT_ERRORS):
                     await self._pause(attempt)
                     continue
-                raise _with_attempts(self.transport_error(exc), attempt) from None
+                error = self.transport_error(exc)
+                # Nothing came back: another server may take the request at once (llm.servers).
+                error.failover = isinstance(exc, RETRIED_TRANSPORT_ERRORS)
+                raise _with_attempts(error, attempt) from None
             except BaseException:
                 release()
                 raise
@@ -357,6 +366,20 @@ class OllamaProvider:
         except (json.JSONDecodeError, UnicodeDecodeError):
             data = None
         error = data.get("error") if isinstance(data, dict) else None
+        try:
+            self._refuse(status, error, data, response, model, call)
+        except GatewayError as exc:
+            exc.upstream_status = status
+            # Busy or failing as a whole (502, 503, 429) or refusing the gateway itself (401, 403): another server
+            # may take the request at once (llm.servers).
+            exc.failover = status in (401, 403, 429, 502, 503)
+            exc.misconfigured = status in (401, 403)
+            raise
+        return data
+
+    def _refuse(self, status: int, error, data, response: httpx.Response, model: str, call: OllamaCall) -> None:
+        """Raise the error a non-200 (or unusable 200) answer stands for."""
+        where = self.where
         if status == 404 and isinstance(error, str) and "not found" in error:
             pull = f"Pull it there with: ollama pull {model}"
             raise ModelNotFound(f"Model {model!r} is not available on Ollama. {pull}",
@@ -383,7 +406,6 @@ class OllamaProvider:
             raise UpstreamError(f"Ollama sent a reply that is not Ollama's {call.name} JSON.",
                                 staff_message=f"{where} sent a reply that is not Ollama's {call.name} JSON: "
                                               f"{_excerpt(response.text)}")
-        return data
 
 
 class OllamaStream:
@@ -443,11 +465,15 @@ class OllamaStream:
             line = await anext(self._lines)
         except StopAsyncIteration:
             self._done = True
-            raise UpstreamError("The stream from Ollama ended before its final chunk.",
-                                staff_message=f"The stream from {where} ended before its final chunk.") from None
+            error = UpstreamError("The stream from Ollama ended before its final chunk.",
+                                  staff_message=f"The stream from {where} ended before its final chunk.")
+            error.failover = before_first  # nothing sent to the client yet: another server may take it
+            raise error from None
         except httpx.TransportError as exc:
             self._done = True
-            raise self.provider.transport_error(exc, mid_stream=not before_first) from None
+            error = self.provider.transport_error(exc, mid_stream=not before_first)
+            error.failover = before_first and isinstance(exc, RETRIED_TRANSPORT_ERRORS)
+            raise error from None
         if not line.strip():
             return []
         try:

@@ -466,7 +466,7 @@ METADATA_FIELDS = {
     "provider", "model", "request_bytes", "finish_reason", "tool_set", "error_type", "prompt_tokens",
     "completion_tokens", "latency_ms", "upstream_ms", "stream", "first_token_ms", "user_agent", "template_version",
     "models_tried", "consumer", "api_key_prefix", "attempts", "worker", "repeat_count", "content_stored",
-    "content_hmac", "kind", "input_count", "input_chars", "dimensions", "budget_tokens",
+    "content_hmac", "kind", "input_count", "input_chars", "dimensions", "budget_tokens", "server",
 }
 
 

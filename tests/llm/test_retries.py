@@ -169,8 +169,9 @@ def test_backoff_grows_exponentially_with_jitter():
 
     first, second = asyncio.run(pauses())
 
-    assert all(0.01 <= p < 0.02 + 0.015 for p in first)  # base/2 .. base (plus scheduling slack)
-    assert all(0.02 <= p < 0.04 + 0.015 for p in second)  # doubled
+    # base/2 .. base, then doubled; a sleep never ends early, and may end late on a busy machine (the slack).
+    assert all(0.01 <= p < 0.02 + 0.1 for p in first)
+    assert all(0.02 <= p < 0.04 + 0.1 for p in second)
     assert len({round(p, 4) for p in first}) > 1  # jittered, not in lockstep
 
 

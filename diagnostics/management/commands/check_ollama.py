@@ -22,8 +22,12 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="model to look for (default: OLLAMA_DEFAULT_MODEL)")
         parser.add_argument("--timeout", type=float, help="seconds each step may take (default: 5)")
         parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+        parser.add_argument("--server", help="with Ollama servers listed in the admin: check only this one")
 
     def handle(self, *args, **options):
+        listed = self.listed_servers(options["server"])
+        if listed:
+            return self.handle_servers(listed, options)
         report, _ = run_connection_check(origin=ConnectionCheck.Origin.COMMAND, generate=options["generate"],
                                          model=options["model"], timeout=options["timeout"])
         if options["json"]:
@@ -33,11 +37,59 @@ class Command(BaseCommand):
         if not report.ok:
             raise CommandError(f"Ollama check failed: {report.cause.code}", returncode=1)
 
-    def write_text(self, report):
+    def listed_servers(self, name):
+        """The servers listed in the admin to check (all but the disabled ones, or the one named); [] for none."""
+        from django.db import DatabaseError
+
+        from llm.servers import ServerConfig
+
+        try:
+            from llm.models import OllamaServer
+
+            rows = list(OllamaServer.objects.order_by("name"))
+        except DatabaseError:
+            rows = []
+        if name is not None:
+            chosen = [row for row in rows if row.name == name]
+            if not chosen:
+                known = ", ".join(row.name for row in rows) or "none is listed (OLLAMA_BASE_URL is the one server)"
+                raise CommandError(f"No Ollama server named {name!r} in the admin; servers: {known}.", returncode=2)
+            rows = chosen
+        else:
+            rows = [row for row in rows if row.state != OllamaServer.State.DISABLED]
+        return [ServerConfig(name=r.name, base_url=r.base_url, state=r.state, slots=r.slots,
+                             model_slots=r.model_slots or {}, max_in_flight=r.max_in_flight) for r in rows]
+
+    def handle_servers(self, listed, options):
+        """One check per server listed in the admin: a block each, or a JSON list of objects with their name."""
+        results = []
+        for server in listed:
+            report, _ = run_connection_check(origin=ConnectionCheck.Origin.COMMAND, generate=options["generate"],
+                                             model=options["model"], timeout=options["timeout"], server=server)
+            results.append((server, report))
+        if options["json"]:
+            self.stdout.write(json.dumps([{"name": server.name, "state": server.state, **report.as_dict()}
+                                          for server, report in results], indent=2, ensure_ascii=False))
+        else:
+            if options["server"] is None:
+                self.stdout.write(f"{len(listed)} Ollama server(s) listed in the admin; OLLAMA_BASE_URL is ignored.")
+            for server, report in results:
+                self.stdout.write("")
+                self.stdout.write(f"[{server.name}] state {server.state}")
+                self.write_text(report, server=server)
+        failed = [server.name for server, report in results if not report.ok]
+        if failed:
+            raise CommandError(f"Ollama check failed for: {', '.join(failed)}", returncode=1)
+
+    def write_text(self, report, server=None):
         out = self.stdout
-        source = settings.GATEWAY_ENV.describe_source(report.source)
-        out.write(f"Ollama at {report.target_url} (OLLAMA_BASE_URL from {source}), "
-                  f"model {report.model}, GENERATOR_MODE={report.mode}")
+        if server is not None:
+            out.write(f"Ollama server {server.name} at {report.target_url}, model {report.model}, "
+                      f"GENERATOR_MODE={report.mode}")
+        else:
+            source = settings.GATEWAY_ENV.describe_source(report.source)
+            out.write(f"Ollama at {report.target_url} (OLLAMA_BASE_URL from {source}), "
+                      f"model {report.model}, GENERATOR_MODE={report.mode}")
         width = max((len(step.name) for step in report.steps), default=0)
         for step in report.steps:
             mark = self.style.SUCCESS("✓") if step.ok else self.style.ERROR("✗")
