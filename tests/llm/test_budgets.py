@@ -475,3 +475,20 @@ def test_an_unreachable_redis_counts_budgets_from_the_database_and_says_so_once(
     assert time.monotonic() - started < 2  # Redis's timeout waited once, not per request
     warnings = [r for r in caplog.records if r.name == "llm.budgets" and "Redis is unavailable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_generation_counts_in_the_window_it_started_in(consumer, redis_cache, db, monkeypatch):
+    import redis
+
+    budget(consumer, day=1000)
+    consumer.refresh_from_db()
+    before_midnight = NOON.replace(hour=23, minute=59, second=59)
+    monkeypatch.setattr(budgets, "clock", lambda: before_midnight)
+    started = budgets.admit(consumer=consumer, estimate=10, options={"num_predict": 50})
+    # It ends after midnight: its tokens are the day it started in's.
+    monkeypatch.setattr(budgets, "clock", lambda: before_midnight + timedelta(seconds=2))
+    budgets.settle(started, 40)
+    raw = redis.Redis.from_url(REDIS_URL)
+    today = budgets.windows_at(before_midnight)[0]
+    assert int(raw.get(budgets._total_key(consumer.pk, today))) == 40
+    assert budgets.admit(consumer=consumer, estimate=10, options={"num_predict": 50}).remaining == 1000
