@@ -35,6 +35,7 @@ SUSPICIOUS_URL = "diagnostics.W004"
 SHORT_TIMEOUT = "diagnostics.W005"
 PROXY_IGNORED = "diagnostics.W006"
 ENV_FILE_MISSING = "diagnostics.W007"
+CONTENT_KEY_DERIVED = "diagnostics.W008"
 # The cause code of a value the gateway cannot use (check_ollama's cause, the report's invalid_settings).
 INVALID_SETTING = "invalid_setting"
 
@@ -129,7 +130,7 @@ def resolved_settings() -> SettingsReport:
         env_file=str(resolved.env_file),
         env_file_found=resolved.env_file_found,
         settings=rows,
-        warnings=settings_warnings(resolved) + proxy_warnings(os.environ),
+        warnings=settings_warnings(resolved) + proxy_warnings(os.environ) + content_key_warnings(),
         invalid_settings=invalid_settings(resolved),
     )
 
@@ -210,6 +211,19 @@ def settings_warnings(resolved: Resolved) -> list[SettingWarning]:
             "Use 60 or more (the default is 120).",
         ))
     return warnings
+
+
+def content_key_warnings() -> list[SettingWarning]:
+    """CONTENT_HMAC_KEY unset: metadata-only rows' HMACs are keyed from SECRET_KEY (never shown, nor the key)."""
+    if getattr(settings, "CONTENT_HMAC_KEY", ""):
+        return []
+    return [SettingWarning(
+        CONTENT_KEY_DERIVED, "CONTENT_HMAC_KEY",
+        "CONTENT_HMAC_KEY is not set: the HMACs kept in place of a metadata-only consumer's content use a key "
+        "derived from SECRET_KEY, so rotating SECRET_KEY makes the HMACs already stored uncheckable.",
+        "Set CONTENT_HMAC_KEY to its own random value (16+ characters) before any consumer is metadata only; "
+        "nothing to do if none is.",
+    )]
 
 
 def proxy_warnings(environ: Mapping[str, str]) -> list[SettingWarning]:

@@ -277,6 +277,15 @@ SPECS: tuple[SettingSpec, ...] = (
                      "and 0 are refused"),
     SettingSpec("NUM_CTX_MAX", "32768", _integer(1, 131072),
                 help="largest num_ctx a client may ask for: each new context size reloads the model for everyone"),
+    SettingSpec("EMBEDDING_MAX_INPUTS", "512", _integer(1, 100000),
+                help="most texts one embeddings request may carry (a list input is one call to Ollama)"),
+    SettingSpec("EMBEDDING_MAX_INPUT_CHARS", "524288", _integer(1, 64 * 1024 * 1024),
+                help="most characters the texts of one embeddings request may hold together"),
+    SettingSpec("EMBEDDING_MAX_DIMENSIONS", "8192", _integer(1, 65536),
+                help="largest `dimensions` an embeddings request may ask for"),
+    SettingSpec("EMBEDDING_STORED_INPUT_CHARS", "4096", _integer(0, 16 * 1024 * 1024),
+                help="characters of an embeddings request's texts kept on its audit row (the full count is "
+                     "recorded); 0: none; vectors are never stored"),
     SettingSpec("END_USER_HEADERS", "X-OpenWebUI-User-Email,X-OpenWebUI-User-Id,X-OpenWebUI-User-Name",
                 _header_list,
                 help="headers naming the end user behind a shared key, first present wins (OpenAI's `user` in "
@@ -318,6 +327,9 @@ SPECS: tuple[SettingSpec, ...] = (
                      "then dropped (counted in /metrics and logged)"),
     SettingSpec("METRICS_TOKEN", "", _token, secret=True,
                 help="bearer token the Prometheus scraper sends to GET /metrics; empty: only staff users may read it"),
+    SettingSpec("CONTENT_HMAC_KEY", "", _token, secret=True,
+                help="key of the HMAC-SHA-256 kept in place of a metadata-only consumer's content (16+ characters); "
+                     "empty: derived from SECRET_KEY"),
     SettingSpec("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]", _host_list, help="host names the gateway answers to"),
     SettingSpec("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), help="log level of the gateway"),
 )

@@ -58,6 +58,10 @@ CHAT_MAX_IMAGE_BODY_BYTES = env["CHAT_MAX_IMAGE_BODY_BYTES"]
 KEEP_ALIVE_MAX = env["KEEP_ALIVE_MAX"]
 NUM_CTX_MAX = env["NUM_CTX_MAX"]
 END_USER_HEADERS = env["END_USER_HEADERS"]
+EMBEDDING_MAX_INPUTS = env["EMBEDDING_MAX_INPUTS"]
+EMBEDDING_MAX_INPUT_CHARS = env["EMBEDDING_MAX_INPUT_CHARS"]
+EMBEDDING_MAX_DIMENSIONS = env["EMBEDDING_MAX_DIMENSIONS"]
+EMBEDDING_STORED_INPUT_CHARS = env["EMBEDDING_STORED_INPUT_CHARS"]
 OLLAMA_DIALECT_ORIGINS = env["OLLAMA_DIALECT_ORIGINS"]
 # Every other API path (listings, health, the refused endpoints): their bodies are small or absent. The admin's
 # paths take DATA_UPLOAD_MAX_MEMORY_SIZE. A larger body is refused before it is read (llm.body_limits).
@@ -84,6 +88,9 @@ AUDIT_SPOOL_MEMORY_BYTES = 64 * 1024 * 1024
 AUDIT_SPOOL_REPLAY_SECONDS = 5.0
 # GET /metrics: the scraper's bearer token; empty: staff users only.
 METRICS_TOKEN = env["METRICS_TOKEN"]
+# The key of the HMACs a metadata-only consumer's rows keep in place of content (llm.content_hmac); empty: a key
+# derived from SECRET_KEY (diagnostics warns: rotating SECRET_KEY would then change every HMAC).
+CONTENT_HMAC_KEY = env["CONTENT_HMAC_KEY"]
 
 INSTALLED_APPS = [
     "gateway_project.apps.GatewayAdminConfig",  # django.contrib.admin with the gateway's site

@@ -64,11 +64,12 @@ class ConsumerForm(forms.ModelForm):
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
     form = ConsumerForm
-    list_display = ("name", "is_active", "rate_limit_per_minute", "concurrency_cap", "templates_only", "created_at")
-    list_filter = ("is_active", "templates_only")
+    list_display = ("name", "is_active", "rate_limit_per_minute", "concurrency_cap", "templates_only", "metadata_only",
+                    "created_at")
+    list_filter = ("is_active", "templates_only", "metadata_only")
     search_fields = ("name",)
     fields = ("name", "is_active", "rate_limit_per_minute", "max_concurrent", "tokens_per_day", "tokens_per_month",
-              "budget_use", "allowed_models", "templates_only", "created_at")
+              "budget_use", "allowed_models", "templates_only", "metadata_only", "created_at")
     readonly_fields = ("budget_use", "created_at")
     inlines = [ApiKeyInline]
 
@@ -454,6 +455,20 @@ def indexed_values_filter(column: str, title: str) -> type[IndexedValuesFilter]:
     return type(f"{column.title()}Filter", (IndexedValuesFilter,), {"parameter_name": column, "title": title})
 
 
+class KindFilter(admin.SimpleListFilter):
+    """Generations or embeddings: the choices are the code's, so showing them costs no query."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return Generation.Kind.choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(kind=value)
+
+
 @admin.register(Generation)
 class GenerationAdmin(StaffReadOnlyAdmin):
     """Read-only generation history: an audit log is reviewed here, never edited, by anyone.
@@ -464,7 +479,7 @@ class GenerationAdmin(StaffReadOnlyAdmin):
 
     # What a reviewer scans for; the rest is on the detail page.
     list_display = ("created", "status", "consumer", "role_task", "model", "latency", "error")
-    list_filter = ("status", indexed_values_filter("dialect", "dialect"), "consumer",
+    list_filter = ("status", KindFilter, indexed_values_filter("dialect", "dialect"), "consumer", "content_stored",
                    indexed_values_filter("provider", "provider"),
                    indexed_values_filter("mode", "mode"), indexed_values_filter("model", "model"),
                    indexed_values_filter("error_type", "error type"), ("created_at", admin.DateFieldListFilter))
@@ -481,15 +496,27 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     paginator = CappedPaginator
     list_per_page = 50
     fieldsets = (
-        (None, {"fields": ("id", "status", "http_status", "created_at", "finished_at", "worker", "repeat_count")}),
+        (None, {"fields": ("id", "kind", "status", "http_status", "created_at", "finished_at", "worker",
+                           "repeat_count")}),
         ("Request", {"fields": ("consumer", "api_key_prefix", "dialect", "endpoint", "role", "task",
-                                "template_version_link", "mode", "provider", "model", "stream", "end_user",
-                                "client_ip", "user_agent", "request_bytes", "request_json")}),
+                                "template_version_link", "mode", "provider", "model", "stream", "end_user_shown",
+                                "client_ip_shown", "user_agent", "request_bytes", "request_json")}),
         ("Prompt sent upstream", {"fields": ("tools_offered", "tool_results", "prompt_json")}),
-        ("Outcome", {"fields": ("output_json", "calls_made", "thinking_text", "raw_output", "models_tried_json",
-                                "error_type", "error_message", "finish_reason", "prompt_tokens", "completion_tokens",
-                                "attempts", "latency_ms", "upstream_ms", "first_token_ms")}),
+        ("Embeddings (the vectors are never stored)", {
+            "fields": ("input_count", "input_chars", "inputs_json", "dimensions")}),
+        ("Outcome", {"fields": ("output_json", "calls_made", "thinking_text", "raw_output_text", "models_tried_json",
+                                "error_type", "error_message_text", "finish_reason", "prompt_tokens",
+                                "completion_tokens", "attempts", "latency_ms", "upstream_ms", "first_token_ms")}),
+        ("Content", {"fields": ("content_stored", "content_hmac_json")}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        # An embedding row has inputs and no prompt, tools or output; a generation row the other way round.
+        if obj is None:
+            return self.fieldsets
+        embedding = obj.kind == Generation.Kind.EMBEDDING
+        hidden = "Prompt sent upstream" if embedding else "Embeddings (the vectors are never stored)"
+        return tuple(section for section in self.fieldsets if section[0] != hidden)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -513,9 +540,14 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     def role_task(self, obj):
         # <wbr>: a long task name may wrap after the slash instead of widening the table.
         if obj.role or obj.task:
-            return format_html("{}/<wbr>{}", obj.role, obj.task)
-        # A raw chat through a compatible endpoint has no template: its dialect's endpoint says what it was.
-        return format_html("{} {}", obj.dialect, obj.endpoint) if obj.endpoint else "—"
+            asked = format_html("{}/<wbr>{}", obj.role, obj.task)
+        else:
+            # A raw chat through a compatible endpoint has no template: its dialect's endpoint says what it was.
+            asked = format_html("{} {}", obj.dialect, obj.endpoint) if obj.endpoint else "—"
+        if obj.content_stored:
+            return asked
+        # A metadata-only consumer's row says so in the list (its page shows the HMACs).
+        return format_html('{}<br><span class="content-withheld">{}</span>', asked, WITHHELD)
 
     @admin.display(description="Error type")
     def error(self, obj):
@@ -562,28 +594,62 @@ class GenerationAdmin(StaffReadOnlyAdmin):
     def models_tried_json(self, obj):
         return _pretty(obj.models_tried or None)
 
+    # A metadata-only row's content fields say so, rather than look empty (see Generation.content_stored).
+
     @admin.display(description="Request")
     def request_json(self, obj):
-        return _pretty(obj.request)
+        return _pretty(obj.request) if obj.content_stored else WITHHELD
 
     @admin.display(description="Messages")
     def prompt_json(self, obj):
-        return _pretty(obj.prompt)
+        return _pretty(obj.prompt) if obj.content_stored else WITHHELD
+
+    @admin.display(description="Inputs (as kept: EMBEDDING_STORED_INPUT_CHARS)")
+    def inputs_json(self, obj):
+        return _pretty(obj.inputs)
 
     @admin.display(description="Output")
     def output_json(self, obj):
-        return _pretty(obj.output)
+        return _pretty(obj.output) if obj.content_stored else WITHHELD
 
     @admin.display(description="Thinking")
     def thinking_text(self, obj):
+        if not obj.content_stored:
+            return WITHHELD
         return _pre(obj.thinking) if obj.thinking else "—"
+
+    @admin.display(description="Raw output")
+    def raw_output_text(self, obj):
+        if not obj.content_stored:
+            return WITHHELD
+        return _pre(obj.raw_output) if obj.raw_output else "—"
+
+    @admin.display(description="Error message")
+    def error_message_text(self, obj):
+        if not obj.content_stored:
+            return WITHHELD
+        return obj.error_message or "—"
+
+    @admin.display(description="End user")
+    def end_user_shown(self, obj):
+        return (obj.end_user or "—") if obj.content_stored else WITHHELD
+
+    @admin.display(description="Client IP")
+    def client_ip_shown(self, obj):
+        return (obj.client_ip or "—") if obj.content_stored else WITHHELD
+
+    @admin.display(description="Content HMACs")
+    def content_hmac_json(self, obj):
+        return _pretty(obj.content_hmac)
 
     @admin.display(description="Tool calls made")
     def calls_made(self, obj):
-        return _calls_table(obj.tool_calls or [])
+        return _calls_table(obj.tool_calls or []) if obj.content_stored else WITHHELD
 
     @admin.display(description="Tools offered")
     def tools_offered(self, obj):
+        if not obj.content_stored:
+            return WITHHELD
         if obj.tool_set_id is None:
             return "—"
         tool_set = obj.tool_set
@@ -592,6 +658,8 @@ class GenerationAdmin(StaffReadOnlyAdmin):
 
     @admin.display(description="Tool results in the conversation")
     def tool_results(self, obj):
+        if not obj.content_stored:
+            return WITHHELD
         results = [m for m in obj.prompt or [] if isinstance(m, dict) and m.get("role") == "tool"] \
             if isinstance(obj.prompt, list) else []
         if not results:
@@ -631,6 +699,10 @@ def _calls_table(calls: list):
         ((call.get("name"), call.get("id"), _pretty(call.get("arguments"))) for call in calls if isinstance(call, dict)))
     return format_html('<table class="tool-calls"><thead><tr><th>Tool</th><th>Call id</th><th>Arguments</th></tr>'
                        '</thead><tbody>{}</tbody></table>', rows)
+
+
+# What a metadata-only consumer's row shows in place of each content field.
+WITHHELD = "content not stored"
 
 
 # Styled by llm/admin.css (no inline styles: the Content-Security-Policy refuses them).

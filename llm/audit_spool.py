@@ -68,7 +68,8 @@ def directory() -> Path:
 def keep(row) -> bool:
     """Keep a completed row whose write failed, to be replayed; False if it could not be kept (then logged)."""
     global _memory_bytes
-    data = serializers.serialize("json", [row]).encode()
+    with row.stored_form():  # a metadata-only row's content never reaches the disk (or this memory)
+        data = serializers.serialize("json", [row]).encode()
     name = f"{time.time_ns():020d}-{row.pk}{SUFFIX}"
     if _write_file(name, data):
         metrics.audit_spooled("file")

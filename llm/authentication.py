@@ -6,7 +6,7 @@ Set per view, never in DEFAULT_AUTHENTICATION_CLASSES: an API key opens the gene
 
 from rest_framework import authentication, exceptions
 
-from llm import api_keys
+from llm import api_keys, content_hmac
 from llm.errors import AUTHENTICATE_HEADER
 
 
@@ -33,6 +33,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key = api_keys.check(raw, refusal=refusal, client_ip=request.META.get("REMOTE_ADDR"))
         except api_keys.KeyRefused as refusal:
             raise ApiKeyRefused(refusal) from None
+        if key.consumer.metadata_only:
+            content_hmac.withhold_from_log(request, request.META.get("REMOTE_ADDR"))
         return key.consumer, key
 
     def authenticate_header(self, request):

@@ -25,6 +25,9 @@ GENERATION_LIMITS = {
     "/v1/chat/completions": "CHAT_MAX_IMAGE_BODY_BYTES",
     "/api/chat": "CHAT_MAX_IMAGE_BODY_BYTES",
     "/api/generate": "CHAT_MAX_IMAGE_BODY_BYTES",
+    "/v1/embeddings": "CHAT_MAX_BODY_BYTES",
+    "/api/embed": "CHAT_MAX_BODY_BYTES",
+    "/api/embeddings": "CHAT_MAX_BODY_BYTES",
 }
 
 

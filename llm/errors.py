@@ -15,6 +15,7 @@ from rest_framework import exceptions as drf_exceptions
 
 from gateway_project.middleware import annotate_request_log
 from gateway_project.passwords import PasswordCheckRefused
+from llm.content_hmac import frames_only
 from rest_framework.response import Response
 
 logger = logging.getLogger("llm.errors")
@@ -148,10 +149,16 @@ class AuditUnavailable(GatewayError):
     type, status = "audit_unavailable", 503
 
 
+def content_logged(request) -> bool:
+    """False for a metadata-only consumer's request (llm.content_hmac.withhold_from_log): its log keeps no content."""
+    request = getattr(request, "_request", request)
+    return getattr(request, "log_context", {}).get("content_stored", True)
+
+
 def annotate_error(request, exc: GatewayError) -> None:
     """Name the error on the request's log line: its type, and for staff what the client was not told."""
     fields = {"error_type": exc.type}
-    if exc.has_staff_detail:
+    if exc.has_staff_detail and content_logged(request):
         fields["error_detail"] = exc.staff_message
     annotate_request_log(request, **fields)
 
@@ -213,7 +220,10 @@ def api_exception_handler(exc, context):
                 headers["WWW-Authenticate"] = authenticate
         return Response(error_body(type=type_, message=message, request_id=request_id, details=details),
                         status=exc.status_code, headers=headers)
-    logger.exception("unhandled error", extra={"request_id": str(request_id)})
+    if content_logged(request):
+        logger.exception("unhandled error", extra={"request_id": str(request_id)})
+    else:
+        logger.error("unhandled error", extra={"request_id": str(request_id), "traceback": frames_only(exc)})
     annotate_request_log(request, error_type="internal_error")
     return Response(
         error_body(type="internal_error", message="The gateway failed unexpectedly; the error is logged.",

@@ -45,7 +45,8 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 REQUESTS = Counter(
-    "llm_gateway_requests_total", "Generation requests answered, by outcome and error type.",
+    "llm_gateway_requests_total", "Generation requests answered, by outcome and error type (embeddings: "
+    "llm_gateway_embedding_requests_total).",
     ["outcome", "error_type", "model", "consumer", "dialect"], registry=REGISTRY)
 REQUEST_DURATION = Histogram(
     "llm_gateway_request_duration_seconds", "Total time of a generation request in the gateway.",
@@ -90,6 +91,15 @@ AUDIT_REPLAYED = Counter(
     "llm_gateway_audit_replayed_total",
     "Kept audit outcomes replayed: written to the database, or rejected by it (set aside in the spool's "
     "rejected/ directory).", ["result"], registry=REGISTRY)
+EMBEDDING_REQUESTS = Counter(
+    "llm_gateway_embedding_requests_total", "Embeddings requests answered, by outcome and error type.",
+    ["outcome", "error_type", "model", "consumer", "dialect"], registry=REGISTRY)
+EMBEDDING_INPUTS = Counter(
+    "llm_gateway_embedding_inputs_total", "Texts embedded (one vector each), of requests that succeeded.",
+    ["model", "consumer", "dialect"], registry=REGISTRY)
+EMBEDDING_DURATION = Histogram(
+    "llm_gateway_embedding_duration_seconds", "Total time of an embeddings request in the gateway.",
+    ["outcome", "model", "dialect"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
 # livesum: a dead worker's requests are no longer in flight (gunicorn.conf.py's child_exit forgets them).
 IN_FLIGHT = Gauge(
     "llm_gateway_requests_in_flight", "Generation requests being answered now.",
@@ -103,7 +113,7 @@ BUDGET_WARNINGS = Gauge(
 
 FAMILIES = (REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, FIRST_TOKEN, TOKENS, RETRIES, FALLBACKS,
             RATE_LIMITED, AUDIT_WRITE_FAILURES, AUDIT_SPOOLED, AUDIT_SPOOL_LOST, AUDIT_REPLAYED, IN_FLIGHT,
-            BUDGET_WARNINGS)
+            EMBEDDING_REQUESTS, EMBEDDING_INPUTS, EMBEDDING_DURATION, BUDGET_WARNINGS)
 
 
 def _never_raises(function):
@@ -125,6 +135,9 @@ def observe_generation(row, *, dialect: str = NATIVE) -> None:
         logger.warning("metrics: a generation observed before its outcome was set", extra={"status": outcome})
         return
     model, consumer = model_label(row), consumer_label(row)
+    if getattr(row, "kind", "generation") == "embedding":
+        _observe_embedding(row, outcome, model, consumer, dialect)
+        return
     REQUESTS.labels(outcome, (row.error_type or NO_ERROR)[:32], model, consumer, dialect).inc()
     if row.latency_ms is not None:
         REQUEST_DURATION.labels(outcome, model, dialect).observe(row.latency_ms / 1000)
@@ -149,6 +162,23 @@ def observe_generation(row, *, dialect: str = NATIVE) -> None:
     for previous, current in zip(tried, tried[1:]):
         if previous.get("model") != current.get("model"):
             FALLBACKS.labels(_known_model(previous.get("model"), row)).inc()
+    if row.error_type == "rate_limited":
+        RATE_LIMITED.labels(consumer, dialect).inc()
+
+
+def _observe_embedding(row, outcome: str, model: str, consumer: str, dialect: str) -> None:
+    """An embeddings row: its own families (a generation's first-token and completion counts mean nothing here);
+    its prompt tokens, retries and rate-limit refusals count with the generations'."""
+    EMBEDDING_REQUESTS.labels(outcome, (row.error_type or NO_ERROR)[:32], model, consumer, dialect).inc()
+    if row.latency_ms is not None:
+        EMBEDDING_DURATION.labels(outcome, model, dialect).observe(row.latency_ms / 1000)
+    if outcome == "succeeded" and row.input_count:
+        EMBEDDING_INPUTS.labels(model, consumer, dialect).inc(row.input_count)
+    if row.prompt_tokens:
+        TOKENS.labels("prompt", model, consumer, dialect).inc(row.prompt_tokens)
+    retries = (row.attempts or 0) - len(row.models_tried or [])
+    if retries > 0:
+        RETRIES.inc(retries)
     if row.error_type == "rate_limited":
         RATE_LIMITED.labels(consumer, dialect).inc()
 

@@ -6,6 +6,7 @@ The audit log holds one Generation row per attempt to generate.
 import hashlib
 import json
 import uuid
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -14,6 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from llm import prompts
+from llm.content_hmac import digests as content_digests
 from llm.output_schema import schema_problem
 from llm.request_rules import OllamaOptionsSerializer
 
@@ -174,6 +176,12 @@ class Consumer(models.Model):
         default=False,
         help_text="Barred from raw prompts: its keys may use the native template API only, not the OpenAI- or "
                   "Ollama-compatible chat endpoints.")
+    # db_default too: a process still running the previous release inserts consumers without this column.
+    metadata_only = models.BooleanField(
+        default=False, db_default=False, verbose_name="metadata only",
+        help_text="Its generations' content is not stored: prompts, outputs, tool calls and definitions, embedding "
+                  "inputs, end user, client IP and error messages are kept as an HMAC-SHA-256 and a length (CONTENT_HMAC_KEY). "
+                  "Applies to new rows; prune_audit --strip-content --consumer NAME strips older ones.")
     created_at = models.DateTimeField(default=timezone.now)
 
     # DRF's request.user for a request authenticated by one of this consumer's keys.
@@ -304,6 +312,10 @@ class Generation(models.Model):
         OPENAI = "openai"
         OLLAMA = "ollama"
 
+    class Kind(models.TextChoices):
+        GENERATION = "generation"
+        EMBEDDING = "embedding"
+
     class Status(models.TextChoices):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
@@ -320,6 +332,10 @@ class Generation(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
 
+    # db_default too: a process still running the previous release inserts rows without this column.
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GENERATION,
+                            db_default=Kind.GENERATION,
+                            help_text="generation (chat, completion, template) or embedding (vectors, never stored).")
     dialect = models.CharField(max_length=8, choices=Dialect.choices, default=Dialect.NATIVE,
                                help_text="The front door the request came through.")
     endpoint = models.CharField(max_length=64, blank=True, help_text="The path it was sent to.")
@@ -348,6 +364,17 @@ class Generation(models.Model):
     # The hash is the key: the row keeps it, the definitions are stored once per distinct set.
     tool_set = models.ForeignKey(ToolSet, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                                  db_index=False, verbose_name="tools offered")
+
+    # Embeddings: what was asked, never the vectors. The texts are kept up to EMBEDDING_STORED_INPUT_CHARS per row.
+    inputs = models.JSONField(
+        null=True, blank=True,
+        help_text="Embeddings: the input texts, each cut so that together they hold at most "
+                  "EMBEDDING_STORED_INPUT_CHARS characters; the vectors are never stored.")
+    input_count = models.PositiveIntegerField(null=True, blank=True, help_text="Embeddings: the number of inputs.")
+    input_chars = models.PositiveIntegerField(null=True, blank=True,
+                                              help_text="Embeddings: the inputs' total size, in characters.")
+    dimensions = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="Embeddings: the length of the vectors returned.")
 
     error_type = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
@@ -387,6 +414,14 @@ class Generation(models.Model):
         default=1, db_default=1,
         help_text="Requests this row stands for: 1, except for the refusals of a client address past "
                   "FAILED_KEYS_PER_MINUTE, counted in one row per address and minute.")
+    content_stored = models.BooleanField(
+        default=True, db_default=True,
+        help_text="False: its consumer was metadata only (or prune_audit --strip-content ran): the content "
+                  "fields are empty and content_hmac holds their HMACs and lengths.")
+    content_hmac = models.JSONField(
+        null=True, blank=True, verbose_name="content HMACs",
+        help_text='For a row whose content is not stored: {"field": {"hmac_sha256": ..., "length": ...}} for each '
+                  "content field that held something.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -397,7 +432,7 @@ class Generation(models.Model):
         indexes = [
             models.Index(fields=["created_at", "id"], name="gen_created"),
             *(models.Index(fields=[column, "created_at", "id"], name=f"gen_{column}_created")
-              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type")),
+              for column in ("status", "dialect", "consumer", "provider", "mode", "model", "error_type", "kind")),
             # The admin's exact-match search by end user (the people behind a chat UI's shared key).
             models.Index(fields=["end_user", "created_at", "id"], name="gen_end_user_created"),
             # A consumer's tokens in a budget window (llm.budgets): summed from the index alone.
@@ -411,9 +446,44 @@ class Generation(models.Model):
         return f"{self.role or '?'}/{self.task or '?'} {self.status} ({self.id})"
 
     # Every column that holds content a consumer sent or a model produced (messages, tool definitions, arguments
-    # and results, thinking, images' descriptions, end user), beside ToolSet.definitions. A consumer whose content
-    # must not be stored gets a hash of exactly these (a later issue): keep this list complete.
-    CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "end_user")
+    # and results, thinking, images' descriptions, embedding inputs, end user), beside ToolSet.definitions. A
+    # metadata-only consumer's rows keep an HMAC and a length of exactly these (WITHHELD_FIELDS): keep this list
+    # complete.
+    CONTENT_FIELDS = ("request", "prompt", "output", "raw_output", "thinking", "tool_calls", "inputs", "end_user")
+    # What a metadata-only row withholds besides: who sent it from where, and error messages, which may quote a
+    # refused value or Ollama's answer. Every other column is metadata (tests/llm/test_metadata_only.py).
+    WITHHELD_FIELDS = (*CONTENT_FIELDS, "client_ip", "error_message")
+
+    def save(self, *args, **kwargs):
+        """Save; a row whose content is not stored is written as it is kept (see stored_form)."""
+        if self.content_stored:
+            return super().save(*args, **kwargs)
+        update_fields = kwargs.get("update_fields")
+        withheld = self.WITHHELD_FIELDS
+        if update_fields is not None:
+            # The outcome's update hashes just the outcome's fields: the request's HMACs were written with the row.
+            withheld = [name for name in withheld if name in update_fields]
+            kwargs["update_fields"] = (*update_fields, "content_hmac")
+        with self.stored_form(withheld):
+            return super().save(*args, **kwargs)
+
+    @contextmanager
+    def stored_form(self, withheld=None):
+        """Within it, the row as the database, the spool and the logs may have it: for a metadata-only row, the
+        withheld fields empty and content_hmac their HMACs and lengths; afterwards the content is back in memory,
+        for the reply to the client. A row whose content is stored is left as it is."""
+        if self.content_stored:
+            yield self
+            return
+        kept = {name: getattr(self, name) for name in (self.WITHHELD_FIELDS if withheld is None else withheld)}
+        self.content_hmac = {**(self.content_hmac or {}), **content_digests(kept)} or None
+        for name in kept:
+            setattr(self, name, None if self._meta.get_field(name).null else "")
+        try:
+            yield self
+        finally:
+            for name, value in kept.items():
+                setattr(self, name, value)
 
     def succeed(self, *, output, model: str, prompt_tokens, completion_tokens, upstream_ms: float, latency_ms: float,
                 attempts: int = 1, finish_reason: str = "", thinking: str = "", tool_calls: list | None = None,
@@ -454,7 +524,8 @@ class Generation(models.Model):
     # with the pending row, from being serialised and sent again (measured: ~0.3 ms per request).
     OUTCOME_FIELDS = ("status", "attempts", "http_status", "output", "model", "models_tried", "prompt_tokens",
                       "completion_tokens", "upstream_ms", "error_type", "error_message", "raw_output", "latency_ms",
-                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "budget_tokens")
+                      "first_token_ms", "finish_reason", "finished_at", "thinking", "tool_calls", "dimensions",
+                      "budget_tokens")
 
     def _finish(self, latency_ms: float, save: bool):
         self.latency_ms = latency_ms

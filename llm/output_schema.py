@@ -139,7 +139,8 @@ def read_output(content: str, mode: str, schema: dict | None, *, budget: int | N
                                 "The raw reply is in the audit log.")
         try:
             resolver = _registry(schema, verdict).resolver(base_uri=verdict.root_uri)
-            error = bounded_validator.reply_error(schema, output, resolver, budget=budget or VALIDATION_BUDGET)
+            error = bounded_validator.reply_error(schema, output, resolver, budget=budget or VALIDATION_BUDGET,
+                                                  off_loop=budget is not None)
         except TooCostly as exc:
             if budget is None and reply_budget(content) > VALIDATION_BUDGET:
                 raise CostlierThanInline() from None

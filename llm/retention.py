@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from diagnostics.models import ConnectionCheck
@@ -133,3 +133,62 @@ def _delete_in_batches(model, cutoff: datetime, batch_size: int) -> tuple[int, i
             return deleted, batches
         deleted += count
         batches += 1
+
+
+@dataclass
+class StripResult:
+    generations: int = 0
+    batches: int = 0
+    skipped_pending: int = 0
+    tool_sets: int = 0
+    seconds: float = 0.0
+
+
+def strip_content(*, consumer, batch_size: int = BATCH_SIZE) -> StripResult:
+    """Replace the content of a consumer's rows that still hold it by HMACs and lengths (Generation.stored_form),
+    keeping the rows; each batch is its own short transaction. Pending rows are left: their process still writes
+    their outcome, content included (run it again later)."""
+    started = time.monotonic()
+    result = StripResult()
+    stored = Generation.objects.filter(consumer=consumer, content_stored=True)
+    last = None
+    while True:
+        batch = stored.exclude(status=Generation.Status.PENDING).order_by("created_at", "id")
+        if last is not None:
+            # Past the last batch by (created_at, id): each batch reads just its rows through gen_consumer_created.
+            batch = batch.filter(models.Q(created_at__gt=last[0]) | models.Q(created_at=last[0], id__gt=last[1]))
+        with transaction.atomic():
+            rows = list(batch.select_for_update()[:batch_size])
+            if not rows:
+                break
+            _write_stripped(rows)
+        result.generations += len(rows)
+        result.batches += 1
+        last = (rows[-1].created_at, rows[-1].id)
+    result.skipped_pending = stored.filter(status=Generation.Status.PENDING).count()
+    # The tool sets only these rows offered: content no row points to any more. Not those first seen within the
+    # longest request: a request in flight may have stored its set and not yet written the row that points to it.
+    result.tool_sets = _delete_unused_tool_sets(timezone.now() - longest_request())
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _write_stripped(rows: list[Generation]) -> None:
+    """Each row as a metadata-only row is stored (Generation.stored_form), in one executemany of UPDATEs by id:
+    bulk_update's CASE expressions cost the batch squared (24 s for 2,000 rows on PostgreSQL) and an UPDATE per
+    row through the ORM a round trip each."""
+    names = [*Generation.WITHHELD_FIELDS, "content_stored", "content_hmac", "tool_set"]
+    fields = [Generation._meta.get_field(name) for name in names]
+    key = Generation._meta.pk
+    params = []
+    for row in rows:
+        row.content_stored = False
+        row.tool_set_id = None
+        with row.stored_form():
+            params.append([*(field.get_db_prep_save(getattr(row, field.attname), connection) for field in fields),
+                           key.get_db_prep_save(row.pk, connection)])
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    statement = f"UPDATE {quote(Generation._meta.db_table)} SET {assignments} WHERE {quote(key.column)} = %s"
+    with connection.cursor() as cursor:
+        cursor.executemany(statement, params)

@@ -65,6 +65,10 @@ class Route:
         call = provider.stream if request.completion is None else partial(provider.complete, stream=True)
         return await self._first_answer(call, request)
 
+    async def embed(self, provider, request):
+        """Vectors from the request's model (a client's chosen model has no fallback)."""
+        return await self._first_answer(provider.embed, request)
+
     def reject(self, error: GatewayError) -> None:
         """Record that the last reply could not be used."""
         self.tried[-1]["outcome"] = error.type

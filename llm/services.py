@@ -9,6 +9,9 @@ Every front door (the native API in llm.views, the OpenAI and Ollama dialects in
 with its FrontDoor: its dialect and endpoint for the audit row, its body limit, and its parser from its wire
 format to the NeutralRequest. The parser runs inside `_begin`, after authentication, so that a request it refuses
 is audited with its consumer like any other.
+
+The embeddings use case (llm.embeddings) is built from the same steps: admit() with its own `prepare`, the
+upstream slot and the Deadline, ended() and record(); so "when is a row audited" has one answer for both.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from django.db import DatabaseError
 from gateway_project import process_name
 from gateway_project.db_steps import db_step
 from gateway_project.redaction import mask_secrets
-from llm import (admission, api_keys, audit_spool, budgets, failed_keys, large_bodies, metrics, model_access,
+from llm import (admission, api_keys, audit_spool, budgets, content_hmac, failed_keys, large_bodies, metrics,
+                 model_access,
                  rate_limits)
 from llm.errors import (AuditUnavailable, AuthThrottled, ClientDisconnected, GatewayError, InvalidOutput,
                         InvalidRequest, NotAuthenticated, OriginNotAllowed, PayloadTooLarge, RawPromptsNotAllowed,
@@ -92,6 +96,7 @@ class FrontDoor:
     images: Callable[[Any], Iterable[tuple[Any, Any, Callable]]] | None = None
     max_text_bytes: int | None = None
     any_content_type: bool = False
+    kind: str = Generation.Kind.GENERATION  # the use case behind the door: its rows' kind from the first
 
 
 @dataclass
@@ -166,32 +171,13 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     timing = Timing(started)
     counted = metrics.in_flight(dialect=door.dialect)
     counted.__enter__()
-    begin = asyncio.ensure_future(db_step(
-        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
-        content_type=content_type, started=started, caller=caller, door=door))
     try:
-        try:
-            begun = await asyncio.shield(begin)
-        except AuthThrottled as exc:
-            await _count_throttled(exc, started)
-            raise
-        except asyncio.CancelledError:
-            # The client left while the step ran: it runs to its end all the same (a step dropped before it
-            # started would leave no row at all), and the row it wrote is completed as the client's leaving.
-            try:
-                row = (await begin)[0]
-            except AuthThrottled as exc:
-                await _count_throttled(exc, started)
-                raise asyncio.CancelledError from None
-            except GatewayError:
-                raise asyncio.CancelledError from None  # its row is complete: the refusal
-            await _release_consumer(row)
-            await _finish_failure(row, Route([]), _cancelled(None), started)
-            raise
+        row, (request, models, streamed) = await admit(
+            request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+            content_type=content_type, started=started, caller=caller, door=door, prepare=_prepare_generation)
     except BaseException:
         counted.__exit__()
         raise
-    row, request, models, streamed = begun
     task = asyncio.current_task()
     admission.register(task)
     route = Route(models)
@@ -200,10 +186,6 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
     try:
         try:
             async with Deadline(started):
-                if not row._local_slot and row.consumer is not None:
-                    # The consumer's cap across processes (admission.caps_shared()): its row is written, so a
-                    # refusal here completes it like any failure.
-                    row._lease = await admission.take_shared_consumer_slot(row.consumer)
                 if streamed:
                     slot = admission.upstream_slot()
                     await slot.__aenter__()
@@ -213,7 +195,7 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                         await slot.__aexit__(None, None, None)
                         raise
                     timing.upstream_ms = route.upstream_ms
-                    streaming = Streaming(row, timing, headers=_budget_headers(row))
+                    streaming = Streaming(row, timing, headers=budget_headers(row))
                     streaming._events = _stream_events(streaming, route, request, stream, slot, counted)
                     await anext(streaming._events)  # started: from here on its cleanup runs however it is left
                     handed_over = True
@@ -228,29 +210,74 @@ async def generate(*, request_id: UUID, body: bytes, body_size: int, content_typ
                             latency_ms=_elapsed_ms(started), attempts=route.attempts,
                             finish_reason=reply.finish_reason, thinking=_storable(reply.thinking),
                             tool_calls=_storable(audit_calls(reply.tool_calls)), save=False)
-        except asyncio.CancelledError:
-            failure = _cancelled(task)
-            await _finish_failure(row, route, failure, started)
-            if isinstance(failure, ClientDisconnected):
-                raise
-            failure.headers.update(_budget_headers(row))
-            raise failure from None
-        except GatewayError as exc:
-            await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
-            exc.headers = {**_budget_headers(row), **exc.headers}
-            raise
-        except Exception as exc:
-            failure = _unexpected(exc, row, "generation failed unexpectedly")
-            await _finish_failure(row, route, failure, started)
-            failure.headers.update(_budget_headers(row))
-            raise failure from None
-        await _record(row)
-        return Answer(row, timing, reply, headers=_budget_headers(row))
+        except (asyncio.CancelledError, Exception) as exc:
+            raise await ended(row, route, exc, started, task) from None
+        await record(row)
+        return Answer(row, timing, reply, headers=budget_headers(row))
     finally:
         admission.unregister(task)
         if not handed_over:
-            await _release_consumer(row)
+            await release_consumer(row)
             counted.__exit__()
+
+
+async def admit(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
+                started: float, caller: Caller, door: FrontDoor, prepare) -> tuple[Generation, Any]:
+    """Run the database step before the provider is called (_begin): the pending row and what `prepare` made of
+    the body; else raise the GatewayError answered, its row completed. One step for every use case."""
+    begin = asyncio.ensure_future(db_step(
+        _begin, request_id=request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+        content_type=content_type, started=started, caller=caller, door=door, prepare=prepare))
+    try:
+        admitted = await asyncio.shield(begin)
+    except AuthThrottled as exc:
+        await _count_throttled(exc, started)
+        raise
+    except asyncio.CancelledError:
+        # The client left while the step ran: it runs to its end all the same (a step dropped before it
+        # started would leave no row at all), and the row it wrote is completed as the client's leaving.
+        try:
+            row = (await begin)[0]
+        except AuthThrottled as exc:
+            await _count_throttled(exc, started)
+            raise asyncio.CancelledError from None
+        except GatewayError:
+            raise asyncio.CancelledError from None  # its row is complete: the refusal
+        await release_consumer(row)
+        await _finish_failure(row, Route([]), _cancelled(None), started)
+        raise
+    row = admitted[0]
+    # A metadata-only row's content stays out of what this task logs (the provider's excerpts of Ollama's errors too).
+    content_hmac.withhold_here(not row.content_stored)
+    if not row._local_slot and row.consumer is not None:
+        # The consumer's cap across processes (admission.caps_shared()): taken on the event loop, once the row is
+        # written, so that a refusal here completes it like any failure.
+        try:
+            row._lease = await admission.take_shared_consumer_slot(row.consumer)
+        except (asyncio.CancelledError, Exception) as exc:
+            raise await ended(row, Route([]), exc, started, asyncio.current_task()) from None
+    return admitted
+
+
+async def ended(row: Generation, route: Route, exc: BaseException, started: float,
+                task: asyncio.Task | None) -> BaseException:
+    """Complete the row of an attempt that the provider call (or the gateway around it) ended with `exc`; returns
+    what to raise: the GatewayError answered, or the cancellation of a client that went away."""
+    if isinstance(exc, asyncio.CancelledError):
+        failure = _cancelled(task)
+        await _finish_failure(row, route, failure, started)
+        if isinstance(failure, ClientDisconnected):
+            return exc
+        failure.headers.update(budget_headers(row))
+        return failure
+    if isinstance(exc, GatewayError):
+        await _finish_failure(row, route, exc, started, raw_output=getattr(exc, "raw_output", ""))
+        exc.headers = {**budget_headers(row), **exc.headers}
+        return exc
+    failure = _unexpected(exc, row, f"{row.kind} failed unexpectedly")
+    await _finish_failure(row, route, failure, started)
+    failure.headers.update(budget_headers(row))
+    return failure
 
 
 async def _count_throttled(exc: AuthThrottled, started: float) -> None:
@@ -290,6 +317,7 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
     try:
         try:
             yield None
+            content_hmac.withhold_here(not row.content_stored)  # in the task that drives the response, too
             # The task that drives the response: the one to end when the worker stops.
             task = asyncio.current_task()
             admission.register(task)
@@ -319,17 +347,17 @@ async def _stream_events(streaming: Streaming, route: Route, request: Generation
         except Exception as exc:
             failure = _unexpected(exc, row, "stream's outcome not settled")
             _fail(row, failure, started, http_status=200, **sent.recorded())
-        await _record(row)
+        await record(row)
     finally:
         if row.status == Generation.Status.PENDING:
             # Only reached past an error that escaped the code above (or cancelled the write): still one row.
             _fail(row, GatewayError("The stream ended unexpectedly."), started, http_status=200,
                   **sent.recorded())
-            await _record(row)
+            await record(row)
         await asyncio.shield(stream.aclose())
         await slot.__aexit__(None, None, None)
         admission.unregister(task)
-        await _release_consumer(row)
+        await release_consumer(row)
         counted.__exit__()
     if leaving is not None:
         raise leaving
@@ -461,7 +489,7 @@ class Deadline:
             ) from None
 
 
-def _budget_headers(row: Generation) -> dict:
+def budget_headers(row: Generation) -> dict:
     """X-Budget-Remaining-Tokens and X-Budget-Window when a budget applies: after the row's count once settled."""
     reservation = getattr(row, "_budget", None)
     if reservation is None:
@@ -469,8 +497,8 @@ def _budget_headers(row: Generation) -> dict:
     return reservation.headers(charged=row.budget_tokens if reservation.settled else None)
 
 
-async def _release_consumer(row: Generation) -> None:
-    """Give back the consumer's slot the generation held: this process's count, or its lease shared by all."""
+async def release_consumer(row: Generation) -> None:
+    """Give back the consumer's slot the attempt held: this process's count, or its lease shared by all."""
     lease = getattr(row, "_lease", None)
     if lease is not None:
         row._lease = None
@@ -486,39 +514,50 @@ async def _finish_failure(row: Generation, route: Route, exc: GatewayError, star
     row.models_tried = route.tried
     _fail(row, exc, started, upstream_ms=_rounded(route.upstream_ms) if route.tried else None,
           raw_output=raw_output, attempts=route.attempts)
-    await _record(row)
+    await record(row)
 
 
-async def _record(row: Generation) -> None:
+async def record(row: Generation) -> None:
     """Write the row's outcome in a database step that runs to the end even if the request is cancelled meanwhile."""
     await asyncio.shield(db_step(_write_outcome, row))
 
 
 def _unexpected(exc: BaseException, row: Generation, what: str) -> GatewayError:
-    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500."""
-    logger.error(what, exc_info=exc, extra={"request_id": str(row.id), "error_class": exc.__class__.__name__})
+    """An error of the gateway's own code, logged (bounded: see gateway_project.log_format) and answered as 500.
+
+    A metadata-only row's is logged without the exception's message, which may quote the content."""
+    extra = {"request_id": str(row.id), "error_class": exc.__class__.__name__}
+    if row.content_stored:
+        logger.error(what, exc_info=exc, extra=extra)
+    else:
+        logger.error(what, extra={**extra, "traceback": content_hmac.frames_only(exc)})
     return GatewayError(f"Unexpected gateway error ({exc.__class__.__name__}); it is logged with this request's id.")
 
 
 def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: bool, content_type: str,
-           started: float, caller: Caller, door: FrontDoor):
+           started: float, caller: Caller, door: FrontDoor, prepare):
     """The database step before the provider is called: admit, validate, and write the pending row.
 
-    Returns (row, request, models, streamed); raises the GatewayError answered, with its row completed.
+    `prepare(row, data, door, caller, body_size)` is the use case's own part: it reads the parsed body into the
+    request it sends, filling the row's columns. Returns (row, what prepare returned); raises the GatewayError
+    answered, with its row completed.
     """
     # A Content-Length is whatever the client wrote (99999999999): the column holds up to 2**31 - 1 everywhere.
     row = Generation(id=request_id, request_bytes=min(body_size, MAX_REQUEST_BYTES),
                      client_ip=caller.client_ip or None, user_agent=(caller.user_agent or "")[:512],
                      dialect=door.dialect, endpoint=door.endpoint[: Generation._meta.get_field("endpoint").max_length],
+                     kind=door.kind,
                      worker=process_name.current())
     slot_taken = False
-    reservation = rate_key = None
+    rate_key = None
     try:
         try:
             _authenticate(caller)
             known_key = caller.api_key or getattr(caller.refusal, "api_key", None)
             if known_key is not None:
                 row.consumer, row.api_key_prefix = known_key.consumer, known_key.prefix
+                # A metadata-only consumer's row is written, spooled and logged without content (Generation.save).
+                row.content_stored = not known_key.consumer.metadata_only
             rate_key = _admit(caller.api_key, caller.refusal)
             if door.any_content_type:
                 # After the key: a refused key is throttled and counted like any other (llm.failed_keys).
@@ -531,26 +570,10 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             large = door.images is not None and door.max_text_bytes is not None and body_size > door.max_text_bytes
             data = _parse(body, body_size, content_type, door.max_body_bytes, any_type=door.any_content_type,
                           text_limit=door.max_text_bytes if large else None)
-            if door.images is not None:
-                _read_images(data, door, body_size)
-            if door.masks_secrets:
-                # Secrets are masked first: neither the audit log nor the model ever sees them.
-                data = mask_secrets(data, settings.REDACT_KEYS)
-            row.request = _storable(data)
-            _describe(row, data, door.described)
-            neutral = door.parse(data)
-            problem = _unstorable(data)
-            if problem:
-                raise InvalidRequest(f"The request is invalid: {problem}.")
-            request, models = _resolve(neutral, row, caller)
-            if request.tools:
-                _keep_tool_set(row, request)
-            streamed = neutral.stream
-            # Before the model is called, and after the request is known: what it may cost is reserved.
-            reservation = budgets.admit(consumer=caller.api_key.consumer, options=request.options,
-                                        estimate=budgets.prompt_estimate(request, body_size))
+            # `prepare` ends with the budget's reservation (row._budget), once the request is known.
+            prepared = prepare(row, data, door, caller, body_size)
             if not admission.caps_shared():
-                # Shared through Redis instead, the cap's lease is taken on the event loop (generate()).
+                # Shared through Redis instead, the cap's lease is taken on the event loop (admit()).
                 admission.take_consumer_slot(caller.api_key.consumer)
                 slot_taken = True
         except AuthThrottled as exc:
@@ -567,7 +590,7 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
         except DatabaseError as exc:
             # Reading the prompt template is the first database query of a generation.
             logger.error("database not readable; generation refused", extra={"request_id": str(request_id),
-                                                                              "error": str(exc)})
+                                                                              "error": _described(exc)})
             refused = AuditUnavailable("The database (prompt templates) cannot be read, so nothing was generated. "
                                        "Try again later.")
             # If the database is down altogether, the row is kept in the audit spool (or, if even that fails,
@@ -580,9 +603,6 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
             raise failure from None
 
         row.provider = get_provider().name
-        row.prompt = _storable(audit_prompt(request.messages, request.completion))
-        row.model = request.model[: Generation.SHORT]
-        row.stream = streamed
         try:
             row.save(force_insert=True)
         except DatabaseError as exc:
@@ -596,12 +616,37 @@ def _begin(*, request_id: UUID, body: bytes, body_size: int, body_timed_out: boo
     except BaseException:
         if slot_taken:
             admission.release_consumer_slot(row.consumer_id)
-        budgets.settle(reservation, 0)
+        budgets.settle(getattr(row, "_budget", None), 0)
         raise
-    # Settled when the row's outcome is written (_write_outcome).
-    row._budget = reservation
     row._local_slot = slot_taken
-    return row, request, models, streamed
+    return row, prepared
+
+
+def _prepare_generation(row: Generation, data, door: FrontDoor, caller: Caller, body_size: int):
+    """A generation's part of the step before the provider: images read, secrets masked, the body parsed into the
+    request and the models to try. Returns (request, models, streamed)."""
+    if door.images is not None:
+        _read_images(data, door, body_size)
+    if door.masks_secrets:
+        # Secrets are masked first: neither the audit log nor the model ever sees them.
+        data = mask_secrets(data, settings.REDACT_KEYS)
+    row.request = _storable(data)
+    _describe(row, data, door.described)
+    neutral = door.parse(data)
+    problem = _unstorable(data)
+    if problem:
+        raise InvalidRequest(f"The request is invalid: {problem}.")
+    request, models = _resolve(neutral, row, caller)
+    if request.tools and row.content_stored:
+        # A metadata-only row keeps no tool definitions: its request's HMAC covers them.
+        _keep_tool_set(row, request)
+    row.prompt = _storable(audit_prompt(request.messages, request.completion))
+    row.model = request.model[: Generation.SHORT]
+    row.stream = neutral.stream
+    # Last, once the request is known: what it may cost is reserved (settled when the outcome is written).
+    row._budget = budgets.admit(consumer=caller.api_key.consumer, options=request.options,
+                                estimate=budgets.prompt_estimate(request, body_size))
+    return request, models, neutral.stream
 
 
 def _authenticate(caller: Caller) -> None:
@@ -731,8 +776,10 @@ def _finite_float(text: str) -> float:
 
 
 def _describe(row: Generation, data, columns: tuple[str, ...]) -> None:
-    """Fill the audit columns from the raw request, as far as they can be read, before validation."""
-    if not isinstance(data, dict):
+    """Fill the audit columns from the raw request, as far as they can be read, before validation.
+
+    Not for a metadata-only row: what a refused body says is content; validation fills in what it accepts."""
+    if not isinstance(data, dict) or not row.content_stored:
         return
     for column in columns:
         value = data.get(column)
@@ -767,6 +814,7 @@ def _resolve(neutral: NeutralRequest, row: Generation, caller: Caller) -> tuple[
 def _from_template(neutral: NeutralRequest, row: Generation, consumer: Consumer):
     version = current_version_for(neutral.role, neutral.task)
     row.template_version = version
+    row.role, row.task = version.template.role, version.template.task
     mode = neutral.mode or version.mode
     row.mode = mode
     models = candidate_models(version, neutral.model, consumer)
@@ -876,7 +924,7 @@ def _write_outcome(row: Generation) -> None:
     inserting = row._state.adding
     reservation = getattr(row, "_budget", None)
     if reservation is not None and not reservation.settled:
-        # What the generation counts against its budget, kept on the row: the totals are rebuilt from these.
+        # What the attempt counts against its budget, kept on the row: the totals are rebuilt from these.
         row.budget_tokens = budgets.charged(row, reservation.prompt_estimate)
     try:
         try:

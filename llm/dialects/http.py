@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import orjson
+
 from django.conf import settings
+from django.http import HttpResponse
 
 from gateway_project import request_body
-from gateway_project.conditions import Conditions
 from gateway_project.middleware import annotate_request_log
-from llm import api_keys, services
-from llm.errors import NotImplementedHere
+from llm import api_keys, content_hmac, embeddings, services
 
 logger = logging.getLogger("llm.dialects")
-# Endpoints of the dialects that the gateway answers 501: an operator learns once per process that clients want one.
-NOT_SERVED = Conditions(logger, "not_implemented")
 
 
 def caller_of(request, *, basic: bool = False) -> services.Caller:
@@ -40,6 +40,8 @@ def end_user_of(request) -> str:
 def annotate_consumer(request, caller: services.Caller) -> None:
     key = caller.api_key or getattr(caller.refusal, "api_key", None)
     annotate_request_log(request, consumer=key.consumer.name if key else None)
+    if key is not None and key.consumer.metadata_only:
+        content_hmac.withhold_from_log(request, caller.client_ip)
 
 
 def read_body(request, limit: int) -> tuple[bytes, int, bool]:
@@ -64,13 +66,6 @@ def read_body(request, limit: int) -> tuple[bytes, int, bool]:
     return body, len(body), False
 
 
-def not_served(request, message: str) -> NotImplementedHere:
-    """The 501 for one of the dialect's endpoints the gateway does not serve yet (its path is one of the URLconf's)."""
-    NOT_SERVED[request.path].occurred(f"a client asked for {request.path}, which the gateway does not serve yet "
-                                      "(501); further requests for it are not logged", path=request.path)
-    return NotImplementedHere(message)
-
-
 def server_timing(timing: services.Timing) -> str:
     """`upstream` is the wait for the provider, `gateway` the rest: for a stream, up to its first byte."""
     total = timing.total_ms()
@@ -88,3 +83,34 @@ async def generate(request, *, caller: services.Caller, door: services.FrontDoor
             door=door)
     finally:
         annotate_consumer(request, caller)
+
+
+async def embed(request, *, caller: services.Caller, door: services.FrontDoor) -> embeddings.Embedded:
+    """embeddings.embed for an HTTP request through `door`; the consumer annotated on the log line either way."""
+    body, body_size, body_timed_out = read_body(request, door.max_body_bytes)
+    try:
+        return await embeddings.embed(
+            request_id=request.request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
+            content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller,
+            door=door)
+    finally:
+        annotate_consumer(request, caller)
+
+
+# A reply with more numbers than this is written to JSON off the event loop (a batch of vectors is megabytes).
+INLINE_JSON_NUMBERS = 64 * 1024
+
+
+async def json_response(body, *, numbers: int, headers: dict | None = None) -> HttpResponse:
+    """`body` (a dict, or a function that builds it) as a JSON response, built and written in a thread when it
+    holds many numbers (vectors)."""
+    def write() -> bytes:
+        return _dumps(body() if callable(body) else body)
+
+    content = await asyncio.to_thread(write) if numbers > INLINE_JSON_NUMBERS else write()
+    return HttpResponse(content, content_type="application/json", headers=headers)
+
+
+def _dumps(body: dict) -> bytes:
+    # orjson writes a float ~8x faster than json (a batch of 64 vectors: 3.5 ms instead of 28 ms).
+    return orjson.dumps(body)

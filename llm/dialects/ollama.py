@@ -1,5 +1,5 @@
 """The Ollama dialect at Ollama's own paths: POST /api/chat and /api/generate (NDJSON streams by default, as in
-Ollama), GET /api/tags, POST /api/show, GET /api/version, GET /api/ps, and GET / ("Ollama is running").
+Ollama), POST /api/embed and the older /api/embeddings, GET /api/tags, POST /api/show, GET /api/version, GET /api/ps, and GET / ("Ollama is running").
 
 So that `OLLAMA_HOST=http://gateway:8000` and the `ollama` clients work unchanged, with the key as a bearer token or
 as the password of HTTP Basic auth. This module only translates: Ollama's request into the NeutralRequest, the
@@ -17,12 +17,12 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway_project.middleware import annotate_request_log
-from llm import listings, services
+from llm import embeddings as embedding, listings, services
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, ModelManagementRefused, PayloadTooLarge, annotate_error
 from llm.images import UnreadableImage, read_base64
 from llm.models import Generation
-from llm.providers.base import Completion, Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
+from llm.providers.base import Completion, EmbeddingRequest, Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
 from llm.request_rules import (JSON, TEXT, NeutralRequest, invalid, keep_alive_problem, model_name_problem,
                                options_problems, output_schema_problem, think_from_effort, think_problem,
                                without_nulls)
@@ -37,6 +37,8 @@ GENERATE_FIELDS = COMMON_FIELDS | {"prompt", "system", "suffix", "raw", "images"
 REFUSED = {"template": ("",), "context": ([],), "logprobs": (False,), "top_logprobs": (0,)}
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_FIELDS = {"role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"}
+EMBED_FIELDS = {"model", "input", "truncate", "dimensions", "options", "keep_alive"}
+EMBEDDINGS_FIELDS = {"model", "prompt", "options", "keep_alive"}
 
 
 @csrf_exempt  # an API key authenticates, not a session cookie
@@ -137,10 +139,42 @@ async def model_management(request, digest: str = ""):
 
 
 @csrf_exempt
+async def embed(request):
+    """POST /api/embed: a vector per text of `input` (a string or a list), in one call to Ollama."""
+    return await _embedding(request, "/api/embed", parse_embed)
+
+
+@csrf_exempt
 async def embeddings(request):
-    return error_response(request, http.not_served(
-        request, "Embeddings are not available through the gateway yet: only /api/chat, /api/generate and the model "
-                 "listings are."))
+    """POST /api/embeddings, Ollama's older form: `prompt` in, `embedding` out."""
+    return await _embedding(request, "/api/embeddings", parse_embeddings)
+
+
+async def _embedding(request, endpoint: str, parse):
+    if request.method != "POST":
+        return _method_not_allowed(request, "POST")
+    door = services.FrontDoor(dialect=Generation.Dialect.OLLAMA, endpoint=endpoint, parse=parse,
+                              max_body_bytes=settings.CHAT_MAX_BODY_BYTES, any_content_type=True,
+                              kind=Generation.Kind.EMBEDDING)
+    try:
+        result = await http.embed(request, caller=http.caller_of(request, basic=True), door=door)
+    except GatewayError as exc:
+        return error_response(request, exc)
+    row, reply = result.row, result.reply
+    annotate_request_log(request, provider=row.provider, model=row.model)
+    headers = {"Server-Timing": http.server_timing(result.timing), **result.headers}
+    numbers = len(reply.vectors) * (reply.dimensions or 0)
+    if endpoint == "/api/embeddings":
+        return await http.json_response({"embedding": reply.vectors[0]}, numbers=numbers, headers=headers)
+    body = {"model": reply.model, "embeddings": reply.vectors,
+            "total_duration": int((row.latency_ms or 0) * 1e6)}
+    # Ollama leaves out what is zero (omitempty).
+    load = (reply.durations or {}).get("load_duration")
+    if load:
+        body["load_duration"] = load
+    if reply.prompt_tokens:
+        body["prompt_eval_count"] = reply.prompt_tokens
+    return await http.json_response(body, numbers=numbers, headers=headers)
 
 
 # -- request ----------------------------------------------------------------------------------------------------------
@@ -199,6 +233,72 @@ def parse_generate(data) -> NeutralRequest:
         raise invalid("raw", "raw must be true or false")
     completion = Completion(prompt=prompt, raw=bool(raw), images=_images(data.get("images"), "images"), **texts)
     return _neutral(data, completion=completion)
+
+
+def parse_embed(data) -> EmbeddingRequest:
+    """Ollama's /api/embed request as the EmbeddingRequest; InvalidRequest naming the field otherwise."""
+    _check_fields(data, EMBED_FIELDS)
+    given = data.get("input")
+    if isinstance(given, str):
+        texts = [given] if given else []
+    elif isinstance(given, list):
+        bad = next((i for i, text in enumerate(given) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise invalid(f"input[{bad}]", f"input[{bad}] must be a string: input is a string or an array of strings")
+        texts = given
+    elif given is None:
+        texts = []
+    else:
+        raise invalid("input", "input must be a string or an array of strings")
+    if not texts:
+        # Ollama's answer to an empty input is to load the model, which acts on the server: not a consumer's to ask.
+        raise invalid("input", "input is required (a non-empty string or array of strings)")
+    truncate = data.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise invalid("truncate", "truncate must be true or false")
+    return EmbeddingRequest(model=_model(data), inputs=tuple(texts), truncate=truncate,
+                            dimensions=embedding.dimensions_of(data.get("dimensions")), options=_embed_options(data),
+                            keep_alive=_keep_alive(data))
+
+
+def parse_embeddings(data) -> EmbeddingRequest:
+    """Ollama's older /api/embeddings request: one `prompt`."""
+    _check_fields(data, EMBEDDINGS_FIELDS)
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        # As for /api/embed: an empty prompt only loads the model.
+        raise invalid("prompt", "prompt is required (a non-empty string)")
+    return EmbeddingRequest(model=_model(data), inputs=(prompt,), options=_embed_options(data),
+                            keep_alive=_keep_alive(data), legacy=True)
+
+
+def _model(data: dict) -> str:
+    model = data.get("model")
+    problem = model_name_problem(model)
+    if problem:
+        raise invalid("model", f"model is required: {problem}" if model in (None, "") else f"model: {problem}")
+    return model
+
+
+def _embed_options(data: dict) -> dict:
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise invalid("options", "options must be an object")
+    options = without_nulls(options)
+    problems = options_problems(options)
+    if problems:
+        shown = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in problems.items())
+        raise InvalidRequest(f"invalid options: {shown}", details={"options": problems})
+    return options
+
+
+def _keep_alive(data: dict):
+    keep_alive = data.get("keep_alive")
+    if keep_alive is not None:
+        problem = keep_alive_problem(keep_alive)
+        if problem:
+            raise invalid("keep_alive", f"keep_alive: {problem}")
+    return keep_alive
 
 
 def images(data):

@@ -1,4 +1,5 @@
-"""The OpenAI dialect under /v1/: POST /v1/chat/completions (JSON or server-sent events), GET /v1/models[/{model}].
+"""The OpenAI dialect under /v1/: POST /v1/chat/completions (JSON or server-sent events), POST /v1/embeddings,
+GET /v1/models[/{model}].
 
 So that `OpenAI(base_url="http://gateway/v1", api_key=KEY)` works unchanged. This module only translates: OpenAI's
 request into the NeutralRequest, the audit row (or the stream's events) into OpenAI's objects, and the gateway's
@@ -7,7 +8,9 @@ errors into `{"error": {"message", "type", "param", "code"}}` with the statuses 
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from datetime import datetime
 
 from django.conf import settings
@@ -15,17 +18,20 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway_project.middleware import annotate_request_log
-from llm import listings, services
+from llm import embeddings as embedding, listings, services
 from llm.dialects import http
 from llm.errors import GatewayError, InvalidRequest, annotate_error
 from llm.images import RemoteImage, UnreadableImage, read_url
 from llm.models import Generation, audit_calls
-from llm.providers.base import Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
+from llm.providers.base import EmbeddingRequest, Image, Message, TextDelta, ThinkingDelta, Tool, ToolCall, ToolCallsDelta
 from llm.request_rules import (JSON, LOAD_TIME_MESSAGE, LOAD_TIME_OPTIONS, TEXT, NeutralRequest,
                                OllamaOptionsSerializer, invalid, keep_alive_problem, model_name_problem,
                                options_problems, output_schema_problem, think_from_effort, think_problem)
 
 CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+ENCODING_FORMATS = ("float", "base64")
 
 # Parameters the gateway maps onto Ollama's options: OpenAI's name -> Ollama's.
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
@@ -124,17 +130,39 @@ async def _listed(request) -> list[dict] | HttpResponse:
         http.annotate_consumer(request, caller)
 
 
-@csrf_exempt
+@csrf_exempt  # an API key authenticates, not a session cookie
 async def embeddings(request):
-    return error_response(request, http.not_served(
-        request, "Embeddings are not available through the gateway yet: only chat completions and model listings "
-                 "are."))
+    """POST /v1/embeddings: a vector per text of `input`, as floats or as base64 of little-endian float32s."""
+    if request.method != "POST":
+        return _method_not_allowed(request, "POST")
+    door = services.FrontDoor(dialect=Generation.Dialect.OPENAI, endpoint=EMBEDDINGS_ENDPOINT,
+                              parse=parse_embeddings, max_body_bytes=settings.CHAT_MAX_BODY_BYTES,
+                              kind=Generation.Kind.EMBEDDING)
+    try:
+        result = await http.embed(request, caller=http.caller_of(request), door=door)
+    except GatewayError as exc:
+        return error_response(request, exc)
+    row, reply = result.row, result.reply
+    annotate_request_log(request, provider=row.provider, model=row.model)
+    as_base64 = _encoding_format(row.request) == "base64"
+    tokens = reply.prompt_tokens or 0
+
+    def body() -> dict:
+        data = [{"object": "embedding", "index": index,
+                 "embedding": _base64_floats(vector) if as_base64 else vector}
+                for index, vector in enumerate(reply.vectors)]
+        return {"object": "list", "data": data, "model": row.request.get("model", reply.model),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    return await http.json_response(body, numbers=len(reply.vectors) * (reply.dimensions or 0),
+                                    headers={"Server-Timing": http.server_timing(result.timing), **result.headers})
 
 
 @csrf_exempt
 async def not_found(request, rest: str = ""):
     return _error(request, 404, f"No OpenAI-compatible endpoint at {request.path}. The gateway serves "
-                                "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model}.",
+                                "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models and "
+                                "GET /v1/models/{model}.",
                   code="not_found")
 
 
@@ -172,6 +200,57 @@ def parse(data) -> NeutralRequest:
     return NeutralRequest(messages=_messages(data.get("messages")), model=model, options=_options(data),
                           mode=mode, output_schema=schema, stream=stream, user=user, tools=_tools(data),
                           think=_think(data), keep_alive=keep_alive)
+
+
+def parse_embeddings(data) -> EmbeddingRequest:
+    """OpenAI's embeddings request as the EmbeddingRequest; InvalidRequest naming the parameter otherwise."""
+    if not isinstance(data, dict):
+        raise invalid("body", "The request body must be a JSON object.")
+    unknown = [name for name in data if name not in EMBEDDING_FIELDS]
+    if unknown:
+        raise InvalidRequest(f"Unsupported parameters: unknown: {', '.join(unknown)} Remove them and try again.",
+                             details={name: ["Not supported by this gateway."] for name in unknown})
+    model = data.get("model")
+    if model is None:
+        raise invalid("model", "you must provide a model parameter.")
+    problem = model_name_problem(model)
+    if problem:
+        raise invalid("model", f"model: {problem}")
+    _encoding_format(data, strict=True)
+    _optional(data, "user", str, "")
+    given = data.get("input")
+    if given == "":
+        given = [""]  # as Ollama's own /v1 reads it: one empty text
+    if isinstance(given, str):
+        texts = [given]
+    elif isinstance(given, list) and given and all(isinstance(text, str) for text in given):
+        texts = given
+    elif isinstance(given, list) and given and all(type(item) in (int, list) for item in given):
+        # Ollama's embed endpoint takes text only: its own /v1 refuses token arrays ("invalid input type") too.
+        raise invalid("input", "input as token arrays is not supported: Ollama embeds text only. Send a string or "
+                               "an array of strings (with the OpenAI SDK's embeddings helpers in LangChain: "
+                               "check_embedding_ctx_length=False).")
+    else:
+        raise invalid("input", "input must be a string or a non-empty array of strings.")
+    return EmbeddingRequest(model=model, inputs=tuple(texts), dimensions=embedding.dimensions_of(data.get("dimensions")))
+
+
+def _encoding_format(data, *, strict: bool = False) -> str:
+    """float (the default) or base64, in any case, as Ollama's /v1 reads it."""
+    value = data.get("encoding_format") if isinstance(data, dict) else None
+    if value is None or value == "":
+        return "float"
+    if isinstance(value, str) and value.lower() in ENCODING_FORMATS:
+        return value.lower()
+    if strict:
+        raise invalid("encoding_format", f"Invalid value for 'encoding_format' = {str(value)[:40]}. Supported "
+                                         "values: ['float', 'base64'].")
+    return "float"
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """A vector as OpenAI's base64 encoding: its values as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def images(data):

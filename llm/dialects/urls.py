@@ -19,8 +19,8 @@ urlpatterns = [
     path("api/show", ollama.show, name="ollama-show"),
     path("api/ps", ollama.ps, name="ollama-ps"),
     path("api/version", ollama.version, name="ollama-version"),
-    path("api/embed", ollama.embeddings),
-    path("api/embeddings", ollama.embeddings),
+    path("api/embed", ollama.embed, name="ollama-embed"),
+    path("api/embeddings", ollama.embeddings, name="ollama-embeddings"),
     *(path(f"api/{name}", ollama.model_management) for name in ("pull", "push", "create", "copy", "delete")),
     path("api/blobs/<str:digest>", ollama.model_management),
 ]

@@ -113,6 +113,37 @@ class ProviderReply:
 
 
 @dataclass(frozen=True)
+class EmbeddingRequest:
+    """Texts to embed with one model, in one call (Ollama's /api/embed); `legacy`: Ollama's older /api/embeddings,
+    one text, whose vector comes back as the runner made it (not normalised)."""
+
+    model: str
+    inputs: tuple[str, ...]
+    truncate: bool | None = None  # None: Ollama's default (truncate to the context)
+    dimensions: int | None = None  # cut the vectors to this length (and normalise them again)
+    options: dict = field(default_factory=dict)
+    keep_alive: int | float | str | None = None
+    legacy: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingReply:
+    """One vector per input, in order; the model, the prompt tokens Ollama counted (None if it did not say) and
+    its own nanosecond durations."""
+
+    vectors: list[list[float]] = field(repr=False)
+    model: str
+    prompt_tokens: int | None
+    upstream_ms: float
+    attempts: int = 1
+    durations: dict | None = None
+
+    @property
+    def dimensions(self) -> int | None:
+        return len(self.vectors[0]) if self.vectors else None
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """A piece of the reply's text."""
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import struct
 import time
 
 from referencing.jsonschema import DRAFT202012
 
 from llm.output_schema import schema_problem, schema_resolver
 
-from .base import (Delta, GenerationRequest, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall,
+from .base import (Delta, EmbeddingReply, EmbeddingRequest, GenerationRequest, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall,
                    ToolCallsDelta)
 
 # The mock streams its reply in this many pieces, spread over its delay.
 STREAM_PIECES = 4
+# The length of the mock's vectors unless a request asks for `dimensions` (that of nomic-embed-text).
+MOCK_DIMENSIONS = 768
 
 
 class MockProvider:
@@ -38,6 +42,28 @@ class MockProvider:
     async def complete(self, request: GenerationRequest, *, stream: bool = False) -> ProviderReply | MockStream:
         """A prompt completion (Ollama's /api/generate), answered like a chat of that prompt."""
         return await (self.stream(request) if stream else self.generate(request))
+
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingReply:
+        """Deterministic unit vectors, one per text: the same model and text give the same vector."""
+        started = time.perf_counter()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        size = request.dimensions or MOCK_DIMENSIONS
+        # Bounded (EMBEDDING_MAX_INPUTS x EMBEDDING_MAX_DIMENSIONS), but a large batch is still work: off the loop.
+        vectors = await asyncio.to_thread(lambda: [mock_vector(request.model, text, size) for text in request.inputs])
+        return EmbeddingReply(vectors=vectors, model=request.model,
+                              prompt_tokens=sum(len(text.split()) for text in request.inputs),
+                              upstream_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def mock_vector(model: str, text: str, size: int) -> list[float]:
+    """A unit-length vector of `size` values, seeded from the SHA-256 of the model and the text."""
+    seed = hashlib.sha256(f"{model}\0{text}".encode("utf-8", "replace")).digest()
+    words = struct.unpack(f"<{size}I", hashlib.shake_256(seed).digest(4 * size))
+    values = [word / 2**31 - 1.0 for word in words]
+    norm = math.sqrt(math.fsum(value * value for value in values)) or 1.0
+    return [value / norm for value in values]
 
 
 class MockStream:

@@ -1,4 +1,4 @@
-"""Ollama over HTTP (POST /api/chat, POST /api/generate): the wire protocol and the mapping of its failures to
+"""Ollama over HTTP (POST /api/chat, /api/generate, /api/embed, /api/embeddings): the wire protocol and the mapping of its failures to
 gateway errors. The one module that knows Ollama's JSON: the neutral request becomes a body here, and Ollama's
 replies and stream chunks become neutral replies and typed deltas.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from array import array
 import logging
 import random
 import re
@@ -20,14 +21,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import httpx
+import orjson
 
 from gateway_project.conditions import Conditions
 from gateway_project.redaction import mask_url
+from llm import content_hmac
 from llm.errors import (GatewayError, InvalidRequest, ModelFailed, ModelNotFound, UpstreamError, UpstreamTimeout,
                         UpstreamUnavailable)
 
-from .base import (Delta, GenerationRequest, Message, ProviderReply, TextDelta, ThinkingDelta, ToolCall,
-                   ToolCallsDelta)
+from .base import (Delta, EmbeddingReply, EmbeddingRequest, GenerationRequest, Message, ProviderReply, TextDelta,
+                   ThinkingDelta, ToolCall, ToolCallsDelta)
 
 logger = logging.getLogger("llm.providers")
 
@@ -44,6 +47,12 @@ TOO_MANY_REQUESTS = 429
 # Ollama's 400 for a capability the model lacks ("registry.ollama.ai/library/phi:2.7b does not support tools"):
 # it names the model the client asked for and nothing of the server, and tells the client what to change.
 CAPABILITY_ERROR = re.compile(r"""[\w.:/@"'+-]{1,300} does not support [a-z ]{1,40}""")
+# Ollama's 400s for an embedding input longer than the model's context (with "truncate": false, or past what it can
+# truncate): they say what the client must change and nothing of the server.
+CONTEXT_ERRORS = ("the input length exceeds the context length", "input after truncation exceeds maximum context length",
+                  "input exceeds maximum context length and cannot be truncated further")
+# An embeddings reply larger than this is parsed off the event loop (a batch of long vectors is megabytes of JSON).
+EMBED_PARSE_INLINE_BYTES = 256 * 1024
 # No single pause between tries is longer than this, whatever the backoff or a Retry-After header say.
 MAX_BACKOFF_SECONDS = 10.0
 # Connections per pooled client. httpcore's pool checks every connection it holds on every request (a poll() per
@@ -147,6 +156,33 @@ class OllamaProvider:
             return await self._noted(self._stream(GENERATE, body, request.model))
         return await self._noted(self._reply(GENERATE, body, request.model))
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingReply:
+        """Vectors for the request's texts: one POST /api/embed for them all (or /api/embeddings for `legacy`)."""
+        return await self._noted(self._embed(request))
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingReply:
+        started = time.perf_counter()
+        call = EMBEDDINGS if request.legacy else EMBED
+        response, attempts, _ = await self._send(_embed_body(request), stream=False, path=call.path)
+        try:
+            if response.status_code != 200:
+                self._parse(response, request.model, call)  # raises the error Ollama's answer stands for
+            content = response.content
+            if len(content) > EMBED_PARSE_INLINE_BYTES:
+                reply = await asyncio.to_thread(_embed_reply, content, request.legacy)
+            else:
+                reply = _embed_reply(content, request.legacy)
+            if reply is None or (not request.legacy and len(reply["vectors"]) != len(request.inputs)):
+                raise UpstreamError(f"Ollama sent a reply that is not Ollama's {call.name} JSON.",
+                                    staff_message=f"{self.where} sent a reply that is not Ollama's {call.name} JSON: "
+                                                  f"{_excerpt(content[:400].decode('utf-8', 'replace'))}")
+        except GatewayError as exc:
+            raise _with_attempts(exc, attempts)
+        return EmbeddingReply(vectors=reply["vectors"], model=reply["model"] or request.model,
+                              prompt_tokens=reply["prompt_tokens"],
+                              upstream_ms=round((time.perf_counter() - started) * 1000, 2), attempts=attempts,
+                              durations=reply["durations"])
+
     async def _noted(self, call):
         try:
             answer = await call
@@ -172,7 +208,9 @@ class OllamaProvider:
     def note_failure(self, exc: GatewayError) -> None:
         """A failure of the server's (not of a request or a missing model): logged once, until it is over."""
         if exc.type in SERVER_FAILURES:
-            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {exc.staff_message}",
+            # Not what Ollama answered, for a metadata-only consumer's request: it may quote the content.
+            said = exc.message if content_hmac.withheld_here() else exc.staff_message
+            self.failing[exc.type].occurred(f"Ollama requests are failing ({exc.type}): {said}",
                                             base_url=self.shown_url)
 
     def note_answer(self) -> None:
@@ -324,7 +362,7 @@ class OllamaProvider:
             raise ModelNotFound(f"Model {model!r} is not available on Ollama. {pull}",
                                 staff_message=f"Model {model!r} is not available on {where} ({error}). {pull}")
         if status == 400 and isinstance(error, str):
-            if CAPABILITY_ERROR.fullmatch(error):
+            if CAPABILITY_ERROR.fullmatch(error) or error.strip() in CONTEXT_ERRORS:
                 raise InvalidRequest(f"Ollama rejected the request: {error}.",
                                      staff_message=f"{where} rejected the request: {error}")
             raise InvalidRequest("Ollama rejected the request; its reason is in the gateway's audit log.",
@@ -484,7 +522,13 @@ def _generate_parts(reply: dict) -> dict | None:
             "tool_calls": reply.get("tool_calls")}
 
 
+def _embed_parts(reply: dict) -> dict | None:
+    return reply if isinstance(reply.get("embeddings", reply.get("embedding")), list) else None
+
+
 CHAT = OllamaCall("chat", "/api/chat", _chat_parts)
+EMBED = OllamaCall("embed", "/api/embed", _embed_parts)
+EMBEDDINGS = OllamaCall("embeddings", "/api/embeddings", _embed_parts)
 GENERATE = OllamaCall("generate", "/api/generate", _generate_parts)
 
 
@@ -576,6 +620,43 @@ def _generate_body(request: GenerationRequest, *, stream: bool) -> dict:
         body["images"] = [image.data for image in completion.images]
     _common_fields(body, request)
     return body
+
+
+def _embed_body(request: EmbeddingRequest) -> dict:
+    if request.legacy:
+        body = {"model": request.model, "prompt": request.inputs[0]}
+    else:
+        body = {"model": request.model, "input": list(request.inputs)}
+        if request.truncate is not None:
+            body["truncate"] = request.truncate
+        if request.dimensions:
+            body["dimensions"] = request.dimensions
+    if request.options:
+        body["options"] = request.options
+    if request.keep_alive is not None:
+        body["keep_alive"] = request.keep_alive
+    return body
+
+
+def _embed_reply(content: bytes, legacy: bool) -> dict | None:
+    """Ollama's embeddings reply read and checked (a list of lists of numbers), or None if it is not one."""
+    try:
+        data = orjson.loads(content)  # a batch is tens of thousands of numbers: ~5x faster than json's
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    vectors = [data.get("embedding")] if legacy else data.get("embeddings")
+    if not isinstance(vectors, list) or not all(isinstance(vector, list) for vector in vectors):
+        return None
+    try:
+        for vector in vectors:
+            array("d", vector)  # numbers only (checked in C: a batch holds tens of thousands)
+    except (TypeError, OverflowError):
+        return None
+    count = data.get("prompt_eval_count")
+    return {"vectors": vectors, "model": _text(data.get("model")), "durations": _durations(data),
+            "prompt_tokens": count if type(count) is int else None}
 
 
 def _common_fields(body: dict, request: GenerationRequest) -> None:

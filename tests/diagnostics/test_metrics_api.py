@@ -44,7 +44,7 @@ def test_the_scraper_token_gets_every_family_in_prometheus_text_format(client, t
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     assert family_names(response) == every_family()
-    assert len(every_family()) == 15
+    assert len(every_family()) == 18  # 14 of generations, 3 of embeddings, 1 of budgets
     text = response.content.decode()
     assert 'llm_gateway_requests_total{consumer="test-team",dialect="native",error_type="none",' in text
 

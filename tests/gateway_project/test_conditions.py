@@ -60,20 +60,6 @@ def test_no_expected_failure_is_logged_as_an_error(generate, valid_request, olla
     assert [r.status for r in lines] == [502, 503, 503, 503]
 
 
-def test_a_501_is_one_warning_per_endpoint(client, api_key, caplog):
-    caplog.set_level(logging.INFO)
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {api_key}"}
-
-    statuses = [client.post(path, {"model": "qwen2.5:7b", "input": "hi"}, content_type="application/json",
-                            **headers).status_code
-                for path in ("/v1/embeddings", "/v1/embeddings", "/api/embed", "/api/embed", "/v1/embeddings")]
-
-    assert statuses == [501] * 5
-    assert [(r.levelname, r.path) for r in records(caplog, "llm.dialects")] == [
-        ("WARNING", "/v1/embeddings"), ("WARNING", "/api/embed")]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
 def test_the_database_not_ready_is_one_warning_per_outage(client, caplog):
     def database_down(execute, sql, params, many, context):
         raise OperationalError("connection refused")

@@ -442,8 +442,8 @@ def test_the_admin_page_and_metrics_warn_past_80_percent(client, api_key, consum
 
 
 def test_an_embedding_reserves_its_prompt_and_counts_its_prompt_tokens(consumer, db):
-    """Embeddings (their use case is on another branch) reserve their input's estimate and nothing to produce, and
-    count the prompt tokens their row reports, through the same two calls."""
+    """Embeddings reserve their input's estimate and nothing to produce, and count the prompt tokens their row
+    reports, through the same two calls (end to end: the test after the next)."""
     budget(consumer, day=100)
     consumer.refresh_from_db()
     reservation = budgets.admit(consumer=consumer, estimate=30, options=None)
@@ -475,6 +475,39 @@ def test_an_unreachable_redis_counts_budgets_from_the_database_and_says_so_once(
     assert time.monotonic() - started < 2  # Redis's timeout waited once, not per request
     warnings = [r for r in caplog.records if r.name == "llm.budgets" and "Redis is unavailable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_embedding_calls_count_and_are_refused_once_the_budget_is_spent(gateway, ollama, consumer):
+    """Through both dialects: an embedding counts its prompt tokens, carries the budget's headers, and a spent
+    budget refuses it (openai's RateLimitError after one request, Ollama's {"error"}), audited as an embedding."""
+    ollama.models.append("nomic-embed-text:latest")
+    budget(consumer, day=60)
+    texts = ["The sky is blue today.", "Grass is green in spring."]
+    with gateway.client() as http:
+        first = http.post("/api/embed", json={"model": "nomic-embed-text", "input": texts})
+    assert first.status_code == 200
+    assert first.headers["X-Budget-Window"] == "day"
+    used = first.json()["prompt_eval_count"]
+    assert used > 0 and int(first.headers["X-Budget-Remaining-Tokens"]) == 60 - used
+    row = Generation.objects.get()
+    assert (row.kind, row.budget_tokens, row.completion_tokens) == ("embedding", used, None)
+
+    budget(consumer, day=used)  # spent
+    requests = []
+    sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, timeout=10,
+                        http_client=httpx.Client(event_hooks={"request": [requests.append]}))
+    with pytest.raises(openai.RateLimitError) as raised:
+        sdk.embeddings.create(model="nomic-embed-text", input=texts)
+    assert len(requests) == 1 and raised.value.code == "insufficient_quota"
+    with gateway.client() as http:
+        refused = http.post("/api/embed", json={"model": "nomic-embed-text", "input": texts})
+    assert refused.status_code == 429 and "budget" in refused.json()["error"]
+    assert int(refused.headers["Retry-After"]) > 0
+    rows = list(Generation.objects.order_by("created_at"))
+    assert [(r.kind, r.error_type) for r in rows] == [("embedding", ""), ("embedding", "budget_exceeded"),
+                                                     ("embedding", "budget_exceeded")]
+    assert len([r for r in ollama.requests if r.path == "/api/embed"]) == 1  # never asked once spent
 
 
 def test_a_generation_counts_in_the_window_it_started_in(consumer, redis_cache, db, monkeypatch):

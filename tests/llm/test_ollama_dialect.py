@@ -188,12 +188,6 @@ def test_model_management_is_refused(gateway, ollama, call):
     assert not [r for r in ollama.requests if r.path != "/api/tags"]
 
 
-def test_embeddings_are_not_implemented(gateway):
-    with pytest.raises(ollama_client.ResponseError) as raised:
-        client(gateway).embed(model="qwen2.5:7b", input="hi")
-    assert raised.value.status_code == 501
-
-
 # Deep enough to exhaust the JSON parser's recursion, small enough for the path's body limit (16 KiB).
 NESTED = b'{"model": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
 SURROGATE = b'{"model": "qwen\\ud800"}'

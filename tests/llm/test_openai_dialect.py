@@ -273,13 +273,6 @@ def test_an_error_after_the_stream_started_is_one_error_event(gateway, ollama):
     assert "runner died" in row.error_message
 
 
-def test_embeddings_are_not_implemented(gateway):
-    with pytest.raises(openai.InternalServerError) as raised:
-        sdk(gateway).embeddings.create(model="qwen2.5:7b", input="hi")
-
-    assert raised.value.status_code == 501 and "not available" in raised.value.message
-
-
 def test_unknown_v1_path_is_404_in_openais_shape(gateway):
     with gateway.client() as client:
         response = client.get("/v1/assistants")

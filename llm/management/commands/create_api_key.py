@@ -67,9 +67,12 @@ class Command(BaseCommand):
         parser.add_argument("--templates-only", action="store_true",
                             help="bar the consumer from raw prompts: native template API only, no OpenAI- or "
                                  "Ollama-compatible chat")
+        parser.add_argument("--no-content", action="store_true",
+                            help="metadata only: the consumer's new generations keep an HMAC and a length in place "
+                                 "of their content (prompts, outputs, tool calls, end user, client IP)")
 
     def handle(self, *args, name, expires_in_days, rate_limit, max_concurrent=None, models=None,
-               templates_only=False, tokens_per_day=None, tokens_per_month=None, **options):
+               templates_only=False, no_content=False, tokens_per_day=None, tokens_per_month=None, **options):
         name = name.strip()
         if not name or len(name) > Consumer._meta.get_field("name").max_length:
             raise CommandError("NAME must be 1 to 100 characters.")
@@ -101,6 +104,9 @@ class Command(BaseCommand):
             if templates_only:
                 consumer.templates_only = True
                 consumer.save(update_fields=["templates_only"])
+            if no_content:
+                consumer.metadata_only = True
+                consumer.save(update_fields=["metadata_only"])
             key, raw = api_keys.issue_key(consumer, expires_at=expires_at)
         if not consumer.is_active:
             self.stderr.write(f"Warning: consumer {name!r} is disabled; its keys are refused until it is enabled.")
@@ -120,5 +126,8 @@ class Command(BaseCommand):
             self.stdout.write(f"Models it may use: {', '.join(consumer.allowed_models)}.")
         if consumer.templates_only:
             self.stdout.write("Prompt templates only: no raw prompts through the OpenAI or Ollama endpoints.")
+        if consumer.metadata_only:
+            self.stdout.write("Metadata only: its generations' content is not stored, only an HMAC and a length "
+                              "(prune_audit --strip-content --consumer NAME strips rows written before).")
         self.stdout.write("Store it now: it is not shown again. Send it as 'Authorization: Bearer <key>'.")
         self.stdout.write(raw)
