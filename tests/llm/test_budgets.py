@@ -508,3 +508,20 @@ def test_embedding_calls_count_and_are_refused_once_the_budget_is_spent(gateway,
     assert [(r.kind, r.error_type) for r in rows] == [("embedding", ""), ("embedding", "budget_exceeded"),
                                                      ("embedding", "budget_exceeded")]
     assert len([r for r in ollama.requests if r.path == "/api/embed"]) == 1  # never asked once spent
+
+
+def test_a_generation_counts_in_the_window_it_started_in(consumer, redis_cache, db, monkeypatch):
+    import redis
+
+    budget(consumer, day=1000)
+    consumer.refresh_from_db()
+    before_midnight = NOON.replace(hour=23, minute=59, second=59)
+    monkeypatch.setattr(budgets, "clock", lambda: before_midnight)
+    started = budgets.admit(consumer=consumer, estimate=10, options={"num_predict": 50})
+    # It ends after midnight: its tokens are the day it started in's.
+    monkeypatch.setattr(budgets, "clock", lambda: before_midnight + timedelta(seconds=2))
+    budgets.settle(started, 40)
+    raw = redis.Redis.from_url(REDIS_URL)
+    today = budgets.windows_at(before_midnight)[0]
+    assert int(raw.get(budgets._total_key(consumer.pk, today))) == 40
+    assert budgets.admit(consumer=consumer, estimate=10, options={"num_predict": 50}).remaining == 1000
