@@ -643,8 +643,13 @@ class Pool:
         return await self._whole(request, lambda provider: provider.complete(request))
 
     async def embed(self, request, *args, **kwargs):
-        """Embeddings (once OllamaProvider has `embed`): a slot of the model on a chosen server, like a generation."""
-        return await self.one_call(request.model, lambda provider: provider.embed(request, *args, **kwargs))
+        """Embeddings: a slot of the model on a chosen server, like a generation; its attempts are every HTTP call
+        made, on every server tried (the row's `attempts`)."""
+        answer, _, slot, calls = await self.run(request.model,
+                                                lambda provider: provider.embed(request, *args, **kwargs))
+        if slot is not None:
+            await slot.release()
+        return replace(answer, attempts=calls)
 
     async def one_call(self, model: str, invoke: Callable[[OllamaProvider], Awaitable[Any]], *,
                        generation: bool = True):
