@@ -575,7 +575,13 @@ class Pool:
             again = server.name in tried_here
             if again:
                 attempt += 1
-                await _pause(attempt, settings.OLLAMA_RETRY_BACKOFF)
+                try:
+                    await _pause(attempt, settings.OLLAMA_RETRY_BACKOFF)
+                except BaseException:
+                    # Ended during the backoff (the deadline, the client gone): the slot held meanwhile goes back.
+                    if slot is not None:
+                        await asyncio.shield(slot.release())
+                    raise
             entry = {"model": model, "server": server.name, "outcome": "pending"}
             route.tried.append(entry)
             health = self.health_of(server.name)

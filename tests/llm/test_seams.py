@@ -107,3 +107,112 @@ def test_embeddings_go_to_the_server_that_has_the_model_and_fail_over_before_any
     assert response.status_code == 404
     row = finished(3)[-1]
     assert row.error_type == "model_not_found" and {t["server"] for t in row.models_tried} == {"a", "b", "c"}
+
+
+# -- several servers: a slot is never kept -----------------------------------------------------------------------------
+
+
+def only_a(fakes, **fields):
+    OllamaServer.objects.filter(name__in=["b", "c"]).update(state="disabled")
+    OllamaServer.objects.filter(name="a").update(**fields)
+    servers.registry.refresh()
+    return fakes[0]
+
+
+def test_a_generation_ended_during_the_backoff_before_a_retry_gives_its_slot_back(listed, fakes, settings):
+    """One server left: a 503 is retried on it after the backoff, holding its slot; the deadline (or the client
+    leaving) during that pause must not keep the slot, or the server's one slot is gone for good."""
+    a = only_a(fakes, slots=1)
+    settings.OLLAMA_RETRY_BACKOFF = 5.0
+    settings.GENERATION_DEADLINE = 1.0
+    settings.UPSTREAM_QUEUE_TIMEOUT = 1.5
+    a.fault("status", paths="/api/chat", status=503, message="server busy", times=1)
+    response = chat(listed, "first")
+    assert response.status_code == 504, response.text
+    assert wait_for(lambda: not servers.pool().health_of("a").in_flight, 2), servers.pool().health_of("a").in_flight
+    assert servers.pool().leases.held() == 0
+    settings.GENERATION_DEADLINE = 30
+    response = chat(listed, "second")
+    assert response.status_code == 200, response.text
+    assert served_by(a, "second")
+
+
+# -- several servers + token budgets + shared caps ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def budgeted(consumer):
+    Consumer.objects.filter(pk=consumer.pk).update(tokens_per_day=100_000, max_concurrent=5)
+    consumer.refresh_from_db()
+    return consumer
+
+
+def settled(prefix: str) -> None:
+    """Nothing held in Redis any more: no budget reservation, no consumer lease, no server slot."""
+    assert wait_for(lambda: not any(redis_counts(prefix, ":held").values()), 3), redis_counts(prefix, ":held")
+    assert wait_for(lambda: not any(redis_counts(prefix, "consumer-slots").values()), 3), \
+        redis_counts(prefix, "consumer-slots")
+    assert wait_for(lambda: not any(redis_counts(prefix, "slots:").values()), 3), redis_counts(prefix, "slots:")
+
+
+def test_waiting_in_the_fair_queue_settles_the_budget_and_releases_the_lease_whatever_ends_it(
+        listed, fakes, settings, budgeted, redis_cache):
+    """a's one slot taken for 2 s: the next generation waits in the model's queue and times out (503
+    upstream_busy), one more is past its consumer's queue bound (429); each row is completed once, counts nothing
+    against the budget, and gives back its reservation and its consumer lease. The slots are leases under the
+    cache's key prefix, like the consumers' caps."""
+    a = only_a(fakes, slots=1)
+    settings.UPSTREAM_QUEUE_TIMEOUT = 1.0
+    settings.UPSTREAM_QUEUE_PER_CONSUMER = 1
+    a.fault("slow", paths="/api/chat", times=1, delay=2.0)
+
+    async def run():
+        async with listed.async_client() as client:
+            body = {"model": MODEL, "stream": False}
+            first = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "holds the slot"}]}))
+            assert await asyncio.to_thread(a.wait_for_requests, 1)
+            waiting = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "waits"}]}))
+            while servers.pool().queued_everywhere() < 1:
+                await asyncio.sleep(0.01)
+            over = await client.post("/api/chat", json={**body, "messages": [{"role": "user", "content": "over"}]})
+            return await first, await waiting, over
+
+    first, waiting, over = asyncio.run(run())
+    assert first.status_code == 200, first.text
+    assert waiting.status_code == 503 and "upstream_busy" in json.dumps(waiting.json()) or \
+        waiting.json()["error"], waiting.text
+    assert over.status_code == 429 and over.headers["Retry-After"] == "1"
+    rows = finished(3)
+    by_prompt = {row.prompt[-1]["content"] if row.prompt else "": row for row in rows}
+    assert by_prompt["holds the slot"].status == "succeeded" and by_prompt["holds the slot"].budget_tokens > 0
+    assert by_prompt["waits"].error_type == "upstream_busy" and by_prompt["waits"].budget_tokens == 0
+    assert by_prompt["over"].error_type == "rate_limited" and by_prompt["over"].budget_tokens == 0
+    settled(redis_cache)
+    assert servers.pool().queued_everywhere() == 0
+
+
+def test_an_abandoned_stream_on_a_pooled_server_settles_its_reservation_and_lets_go_of_everything(
+        listed, fakes, settings, budgeted, redis_cache):
+    a = only_a(fakes, slots=1)
+    a.chunks, a.chunk_delay = 40, 0.05
+
+    async def run():
+        async with listed.async_client() as client:
+            async with client.stream("POST", "/api/chat", json={
+                    "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "left early"}]}) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.strip():
+                        return json.loads(line)
+
+    first = asyncio.run(run())
+    assert "message" in first
+    row = finished(1)[0]
+    assert row.status == "failed" and row.error_type == "client_disconnected" and row.server == "a"
+    assert row.budget_tokens and row.budget_tokens > 0
+    settled(redis_cache)
+    assert wait_for(lambda: not servers.pool().health_of("a").in_flight, 2)
+    # The slot is back: the next generation is served at once.
+    assert chat(listed, "next").status_code == 200
