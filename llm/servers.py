@@ -366,9 +366,14 @@ class Pool:
     def leases(self) -> LeaseManager:
         if self.lease_manager is not None:
             return self.lease_manager
+        from django.core.cache import cache
+
         url = redis_url_from_settings()
-        if self._leases is None or self._leases[0] != url:
-            self._leases = (url, LeaseManager(url, prefix="llm:slots:"))
+        # Under the cache's own KEY_PREFIX, as the consumers' caps: two deployments sharing one Redis (each with its
+        # own server named "gpu-1") do not share slots.
+        prefix = cache.make_key("llm:slots:")
+        if self._leases is None or self._leases[0] != (url, prefix):
+            self._leases = ((url, prefix), LeaseManager(url, prefix=prefix))
         return self._leases[1]
 
     def servers(self) -> tuple[ServerConfig, ...]:

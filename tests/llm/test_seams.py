@@ -152,7 +152,8 @@ def settled(prefix: str) -> None:
     assert wait_for(lambda: not any(redis_counts(prefix, ":held").values()), 3), redis_counts(prefix, ":held")
     assert wait_for(lambda: not any(redis_counts(prefix, "consumer-slots").values()), 3), \
         redis_counts(prefix, "consumer-slots")
-    assert wait_for(lambda: not any(redis_counts(prefix, "slots:").values()), 3), redis_counts(prefix, "slots:")
+    assert wait_for(lambda: not any(redis_counts(prefix, ":llm:slots:").values()), 3), \
+        redis_counts(prefix, ":llm:slots:")
 
 
 def test_waiting_in_the_fair_queue_settles_the_budget_and_releases_the_lease_whatever_ends_it(
@@ -171,7 +172,9 @@ def test_waiting_in_the_fair_queue_settles_the_budget_and_releases_the_lease_wha
             body = {"model": MODEL, "stream": False}
             first = asyncio.create_task(client.post("/api/chat", json={
                 **body, "messages": [{"role": "user", "content": "holds the slot"}]}))
-            assert await asyncio.to_thread(a.wait_for_requests, 1)
+            assert await asyncio.to_thread(wait_for, lambda: served_by(a, "holds the slot"), 3)
+            # The slot is a lease under the cache's key prefix, as the consumer's is.
+            assert sum(redis_counts(redis_cache, ":llm:slots:").values()) == 1
             waiting = asyncio.create_task(client.post("/api/chat", json={
                 **body, "messages": [{"role": "user", "content": "waits"}]}))
             while servers.pool().queued_everywhere() < 1:
