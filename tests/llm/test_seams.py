@@ -219,3 +219,60 @@ def test_an_abandoned_stream_on_a_pooled_server_settles_its_reservation_and_lets
     assert wait_for(lambda: not servers.pool().health_of("a").in_flight, 2)
     # The slot is back: the next generation is served at once.
     assert chat(listed, "next").status_code == 200
+
+
+# -- several servers + metadata-only consumers -------------------------------------------------------------------------
+
+
+def test_a_pooled_servers_error_text_of_a_metadata_only_consumer_is_kept_nowhere(listed, fakes, audit_spool_dir,
+                                                                                 admin_client, caplog):
+    """Each server answers 500 with a canary in its error (Ollama quotes what it was sent): whole, streamed and
+    embedded, through two servers each. The canary is in no row (error message, models_tried, server), no log
+    line, no spooled outcome, no admin page."""
+    from tests.llm.test_metadata_only import assert_kept_nowhere
+
+    caplog.set_level(logging.DEBUG)
+    Consumer.objects.update(metadata_only=True)
+    a, b, c = fakes
+    c.models[:] = ["other:1b"]
+    poll_now()
+    assert wait_for(lambda: servers.pool().health_of("c").models == {"other:1b"}, 3)
+    for fake in (a, b):
+        fake.fault("status", paths=["/api/chat", "/api/embed"], status=500,
+                   message=f"llama runner process has terminated: {CANARY}")
+    assert chat(listed, f"whole {CANARY}").status_code == 502
+    streamed = chat(listed, f"streamed {CANARY}", stream=True)
+    assert streamed.status_code == 502 and CANARY not in streamed.text
+    assert embed(listed, [f"embedded {CANARY}"]).status_code == 502
+    rows = finished(3)
+    for row in rows:
+        assert row.error_type == "upstream_error" and row.content_stored is False and not row.error_message
+        assert {t["server"] for t in row.models_tried} == {"a", "b"}
+    assert_kept_nowhere(caplog, audit_spool_dir, admin_client)
+
+
+def test_a_client_that_leaves_while_queued_for_a_slot_releases_its_lease_and_reservation(
+        listed, fakes, settings, budgeted, redis_cache):
+    a = only_a(fakes, slots=1)
+    a.fault("slow", paths="/api/chat", times=1, delay=1.5)
+
+    async def run():
+        async with listed.async_client() as client:
+            body = {"model": MODEL, "stream": True}
+            first = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "holds the slot"}]}))
+            assert await asyncio.to_thread(wait_for, lambda: served_by(a, "holds the slot"), 3)
+            leaving = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "leaves"}]}))
+            while servers.pool().queued_everywhere() < 1:
+                await asyncio.sleep(0.01)
+            assert sum(redis_counts(redis_cache, "consumer-slots").values()) == 2
+            leaving.cancel()
+            return await first
+
+    assert asyncio.run(run()).status_code == 200
+    rows = finished(2)
+    left = next(row for row in rows if row.status == "failed")
+    assert left.error_type == "client_disconnected" and left.budget_tokens == 0 and not served_by(a, "leaves")
+    settled(redis_cache)
+    assert servers.pool().queued_everywhere() == 0
