@@ -276,3 +276,28 @@ def test_a_client_that_leaves_while_queued_for_a_slot_releases_its_lease_and_res
     assert left.error_type == "client_disconnected" and left.budget_tokens == 0 and not served_by(a, "leaves")
     settled(redis_cache)
     assert servers.pool().queued_everywhere() == 0
+
+
+# -- no server listed: OLLAMA_BASE_URL exactly as before ---------------------------------------------------------------
+
+
+def test_with_no_server_listed_the_wait_is_upstream_max_in_flight_as_before(gateway, ollama, settings, consumer):
+    """No per-model queue, no fairness and no per-consumer queue bound: UPSTREAM_MAX_IN_FLIGHT's wait, first come
+    first served (README: list the one server in the admin for a fair queue); rows as before (no server)."""
+    assert not servers.registry.listed
+    settings.RATE_LIMIT_PER_MINUTE = 0
+    settings.DEFAULT_MAX_CONCURRENT = 0
+    settings.UPSTREAM_MAX_IN_FLIGHT = 1
+    settings.UPSTREAM_QUEUE_PER_CONSUMER = 1
+    ollama.delay = 0.2
+
+    async def run():
+        async with gateway.async_client() as client:
+            return await asyncio.gather(*(client.post("/api/chat", json={
+                "model": MODEL, "stream": False, "messages": [{"role": "user", "content": f"n{i}"}]})
+                for i in range(4)))
+
+    assert [r.status_code for r in asyncio.run(run())] == [200] * 4
+    assert servers.pool().queued_everywhere() == 0 and ollama.peak_running_total == 1
+    for row in finished(4):
+        assert row.server == "" and row.models_tried == [{"model": MODEL, "outcome": "succeeded"}]
