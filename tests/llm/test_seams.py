@@ -301,3 +301,33 @@ def test_with_no_server_listed_the_wait_is_upstream_max_in_flight_as_before(gate
     assert servers.pool().queued_everywhere() == 0 and ollama.peak_running_total == 1
     for row in finished(4):
         assert row.server == "" and row.models_tried == [{"model": MODEL, "outcome": "succeeded"}]
+
+
+# -- several servers + listings for an allow-listed, metadata-only consumer --------------------------------------------
+
+
+def test_listings_over_several_servers_show_only_what_an_allow_listed_metadata_only_consumer_may_use(
+        listed, fakes, consumer):
+    a, b, c = fakes
+    a.models[:] = [MODEL, "secret-a:1b"]
+    b.models[:] = ["secret-b:1b", MODEL]
+    c.models[:] = ["secret-c:1b"]
+    a.preload(MODEL)
+    b.preload("secret-b:1b")
+    poll_now()
+    assert wait_for(lambda: servers.pool().health_of("c").models == {"secret-c:1b"}
+                    and "secret-b:1b" in servers.pool().health_of("b").loaded, 3)
+    consumer.metadata_only = True
+    consumer.allowed_models = [MODEL]
+    consumer.save()
+    with listed.client() as http:
+        assert [m["name"] for m in http.get("/api/tags").json()["models"]] == [MODEL]
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == [MODEL]
+        assert [m["model"] for m in http.get("/api/ps").json()["models"]] == [MODEL]
+        assert http.post("/api/show", json={"model": MODEL}).status_code == 200
+        shows = sum(1 for f in fakes for r in f.requests if r.path == "/api/show")
+        for hidden in ("secret-a:1b", "secret-b:1b", "secret-c:1b", "nowhere:1b"):
+            refused = http.post("/api/show", json={"model": hidden})
+            assert refused.status_code == 404 and "secret" not in json.dumps(refused.json()).replace(hidden, "")
+        assert sum(1 for f in fakes for r in f.requests if r.path == "/api/show") == shows  # none asked
+    assert not Generation.objects.exists()  # listings leave no audit row
