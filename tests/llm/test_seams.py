@@ -331,3 +331,26 @@ def test_listings_over_several_servers_show_only_what_an_allow_listed_metadata_o
             assert refused.status_code == 404 and "secret" not in json.dumps(refused.json()).replace(hidden, "")
         assert sum(1 for f in fakes for r in f.requests if r.path == "/api/show") == shows  # none asked
     assert not Generation.objects.exists()  # listings leave no audit row
+
+
+def test_a_generation_that_failed_over_counts_once_against_its_budget(listed, fakes, settings, budgeted,
+                                                                      redis_cache):
+    import redis
+
+    a, b, c = fakes
+    a.preload(MODEL)
+    poll_now()
+    assert wait_for(lambda: MODEL in servers.pool().health_of("a").loaded, 3)
+    a.fault("status", paths="/api/chat", status=500, message="model requires more system memory", times=1)
+    c.fault("status", paths="/api/chat", status=503, message="busy", times=1)
+    response = chat(listed, "counted once")
+    assert response.status_code == 200
+    row = finished(1)[0]
+    assert row.models_tried[0] == {"model": MODEL, "server": "a", "outcome": "upstream_error"}
+    assert row.prompt_tokens and row.completion_tokens
+    assert row.budget_tokens == row.prompt_tokens + row.completion_tokens
+    assert int(response.headers["X-Budget-Remaining-Tokens"]) == 100_000 - row.budget_tokens
+    settled(redis_cache)
+    client = redis.Redis.from_url(REDIS_URL)
+    used = [int(client.get(k)) for k in client.scan_iter(f"{redis_cache}:*") if b":day:" in k and k.endswith(b":used")]
+    assert used == [row.budget_tokens]
