@@ -577,6 +577,10 @@ class Pool:
                         if listed.state == "enabled":
                             route.tried.append({"model": model, "server": listed.name, "outcome": exc.type})
                 raise _with_calls(exc, calls) from None
+            except (UpstreamBusy, RateLimited) as exc:
+                # The queue's timeout or its bound: no server was called for this wait, only the calls before it.
+                exc.attempts = calls
+                raise
             again = server.name in tried_here
             if again:
                 attempt += 1

@@ -192,6 +192,9 @@ def test_waiting_in_the_fair_queue_settles_the_budget_and_releases_the_lease_wha
     assert by_prompt["holds the slot"].status == "succeeded" and by_prompt["holds the slot"].budget_tokens > 0
     assert by_prompt["waits"].error_type == "upstream_busy" and by_prompt["waits"].budget_tokens == 0
     assert by_prompt["over"].error_type == "rate_limited" and by_prompt["over"].budget_tokens == 0
+    # Neither reached a server: no call made, none tried.
+    for refused in (by_prompt["waits"], by_prompt["over"]):
+        assert refused.attempts == 0 and refused.models_tried == [] and refused.server == ""
     settled(redis_cache)
     assert servers.pool().queued_everywhere() == 0
 
