@@ -357,3 +357,36 @@ def test_a_generation_that_failed_over_counts_once_against_its_budget(listed, fa
     client = redis.Redis.from_url(REDIS_URL)
     used = [int(client.get(k)) for k in client.scan_iter(f"{redis_cache}:*") if b":day:" in k and k.endswith(b":used")]
     assert used == [row.budget_tokens]
+
+
+def test_a_spent_budget_is_refused_at_once_not_after_waiting_for_a_busy_servers_slot(listed, fakes, settings,
+                                                                                    consumer):
+    a = only_a(fakes, slots=1)
+    settings.UPSTREAM_QUEUE_TIMEOUT = 5
+    key_b = api_keys_for("spent", tokens_per_day=0)
+    a.fault("slow", paths="/api/chat", times=1, delay=2.0)
+
+    async def run():
+        async with listed.async_client() as client:
+            busy = asyncio.create_task(client.post("/api/chat", json={
+                "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "holds the slot"}]}))
+            assert await asyncio.to_thread(wait_for, lambda: served_by(a, "holds the slot"), 3)
+            started = asyncio.get_running_loop().time()
+            refused = await client.post("/api/chat", json={
+                "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "no budget"}]},
+                headers={"Authorization": f"Bearer {key_b}"})
+            took = asyncio.get_running_loop().time() - started
+            queued = servers.pool().queued_everywhere()
+            return await busy, refused, took, queued
+
+    busy, refused, took, queued = asyncio.run(run())
+    assert busy.status_code == 200
+    assert refused.status_code == 429 and "budget" in refused.json()["error"] and took < 1.0 and queued == 0
+    assert not served_by(a, "no budget")
+    assert Generation.objects.get(consumer__name="spent").error_type == "budget_exceeded"
+
+
+def api_keys_for(name: str, **fields) -> str:
+    from llm import api_keys
+
+    return api_keys.issue_key(Consumer.objects.create(name=name, **fields))[1]
