@@ -390,3 +390,19 @@ def api_keys_for(name: str, **fields) -> str:
     from llm import api_keys
 
     return api_keys.issue_key(Consumer.objects.create(name=name, **fields))[1]
+
+
+def test_a_stream_cut_mid_way_on_a_pooled_server_counts_what_came_and_lets_go_of_everything(
+        listed, fakes, settings, budgeted, redis_cache):
+    a = only_a(fakes, slots=1)
+    a.chunks = 10
+    a.fault("cut_off", paths="/api/chat", after=3, times=1)
+    response = chat(listed, "cut", stream=True)
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    assert "error" in lines[-1]
+    row = finished(1)[0]
+    assert row.status == "failed" and row.server == "a" and row.budget_tokens and row.budget_tokens > 0
+    assert len(row.models_tried) == 1  # never spliced onto another server
+    settled(redis_cache)
+    assert chat(listed, "next").status_code == 200
