@@ -173,7 +173,8 @@ class Health:
                                    self.name, exc.upstream_status, extra={"server": self.name})
                 self.misconfigured = True
                 return
-            if exc.type not in SERVER_FAILURES:
+            if exc.type not in SERVER_FAILURES or isinstance(exc, ModelFailed):
+                # A model's own 500 (it would not load on this box) says nothing of the server's other models.
                 return
             self.failures += 1
             if self.failures >= DOWN_AFTER and not self.down:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 import uuid
 
 import httpx
@@ -406,3 +407,24 @@ def test_a_stream_cut_mid_way_on_a_pooled_server_counts_what_came_and_lets_go_of
     assert len(row.models_tried) == 1  # never spliced onto another server
     settled(redis_cache)
     assert chat(listed, "next").status_code == 200
+
+
+def test_a_models_own_500_does_not_take_its_server_down_for_the_other_models(listed, fakes, monkeypatch):
+    """README: a 4xx, a missing model and a model's own 500 (it would not load there) do not count against a
+    server's health; three of them must not make the server "down" for every other model it serves."""
+    a, b, c = fakes
+    a.models[:] = [MODEL, "only-a:1b"]
+    b.models[:] = [MODEL]
+    c.models[:] = [MODEL]
+    poll_now()
+    assert wait_for(lambda: servers.pool().health_of("a").models == {MODEL, "only-a:1b"}, 3)
+    # No poll in between to reset the count: three failures in a row are what they are.
+    monkeypatch.setattr(servers, "PS_EVERY", 600)
+    monkeypatch.setattr(servers, "TAGS_EVERY", 600)
+    time.sleep(0.5)
+    for fake in fakes:
+        fake.fault("status", paths="/api/chat", status=500, message="model requires more system memory", times=3)
+    for i in range(3):
+        assert chat(listed, f"oom {i}").status_code == 502
+    assert not servers.pool().health_of("a").down
+    assert chat(listed, "other model", model="only-a:1b").status_code == 200
