@@ -252,6 +252,15 @@ def test_a_pooled_servers_error_text_of_a_metadata_only_consumer_is_kept_nowhere
     for row in rows:
         assert row.error_type == "upstream_error" and row.content_stored is False and not row.error_message
         assert {t["server"] for t in row.models_tried} == {"a", "b"}
+    # Mid-stream, once the first byte is out: the error line of the server that streamed.
+    for fake in (a, b):
+        fake.clear_faults()
+        fake.chunks = 6
+        fake.fault("stream_error", paths="/api/chat", after=2, message=f"runner crashed: {CANARY}")
+    mid = chat(listed, f"mid-stream {CANARY}", stream=True)
+    assert mid.status_code == 200 and CANARY not in mid.text and "error" in mid.text.splitlines()[-1]
+    row = finished(4)[-1]
+    assert row.status == "failed" and row.server in ("a", "b") and not row.error_message
     assert_kept_nowhere(caplog, audit_spool_dir, admin_client)
 
 
