@@ -498,3 +498,31 @@ def test_diagnostics_and_metrics_show_each_server(listed, fakes, django_user_mod
     assert any(line.startswith("llm_gateway_server_requests_total{") and 'outcome="succeeded"' in line
                for line in text.splitlines())
     assert 'llm_gateway_server_in_flight{server="' in text
+
+
+def test_one_retry_budget_moves_at_once_to_another_server_then_stops(listed, fakes, settings):
+    """Three servers answering 503: OLLAMA_MAX_RETRIES=2 gives three calls, one per server, with no pause between
+    them; the client gets the last error, its row every call."""
+    settings.OLLAMA_MAX_RETRIES = 2
+    settings.OLLAMA_RETRY_BACKOFF = 5  # a pause would show in the time taken
+    for fake in fakes:
+        fake.fault("status", paths="/api/chat", status=503, message="server busy")
+    started = time.monotonic()
+    response = chat(listed, "busy")
+    assert time.monotonic() - started < 2
+    assert response.status_code == 502
+    row = Generation.objects.get()
+    assert sorted(t["server"] for t in row.models_tried) == ["a", "b", "c"]
+    assert {t["outcome"] for t in row.models_tried} == {"upstream_error"}
+    assert row.attempts == 3 and row.server == ""
+    assert sum(len(served_by(f, "busy")) for f in fakes) == 3
+
+    # With one retry left, the same server is tried again only when no other is left (after the backoff).
+    settings.OLLAMA_MAX_RETRIES = 1
+    settings.OLLAMA_RETRY_BACKOFF = 0.001
+    OllamaServer.objects.filter(name__in=["b", "c"]).update(state="disabled")
+    servers.registry.refresh()
+    fakes[0].clear_faults()
+    fakes[0].fault("status", paths="/api/chat", status=503, message="server busy", times=1)
+    assert chat(listed, "again").status_code == 200
+    assert len(served_by(fakes[0], "again")) == 2
