@@ -526,3 +526,83 @@ def test_one_retry_budget_moves_at_once_to_another_server_then_stops(listed, fak
     fakes[0].fault("status", paths="/api/chat", status=503, message="server busy", times=1)
     assert chat(listed, "again").status_code == 200
     assert len(served_by(fakes[0], "again")) == 2
+
+
+OTHER_PROCESS = r"""
+import asyncio, os, sys, time
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from django.conf import settings
+settings.GENERATOR_MODE = "live"
+from llm import servers
+from llm.leases import LeaseManager
+from llm.providers.base import GenerationRequest, Message
+
+url, redis_url, prefix, model, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+servers.registry.configs = (servers.ServerConfig(name="one", base_url=url, state="enabled", slots=1,
+                                                 model_slots={model: 2}),)
+pool = servers.Pool()
+pool.lease_manager = LeaseManager(redis_url, prefix=prefix)
+request = GenerationRequest(role="", task="", payload=None, mode="text", model=model,
+                            messages=[Message(role="user", content="from the other process")])
+
+async def main():
+    print("ready", flush=True)
+    replies = await asyncio.gather(*(pool.generate(request) for _ in range(count)))
+    print("done", len([r for r in replies if r.content]), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_two_real_processes_sharing_redis_never_exceed_a_servers_slots(fakes, settings, transactional_db):
+    """A second Python process (its own pool, lease manager and Redis client) and this one send 8 generations each
+    to one server with 2 slots for the model, this one while the other holds both slots: never more than 2 run
+    there together. (A freed slot goes to the releasing process's own waiters first: fairness is per process.)"""
+    import subprocess
+    import sys
+    import uuid
+
+    import redis
+
+    from llm.leases import LeaseManager
+    from llm.providers.base import GenerationRequest, Message
+
+    url = "redis://127.0.0.1:6379/8"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Redis is not reachable: {exc}")
+    settings.GENERATOR_MODE = "live"
+    upstream = fakes[0]
+    upstream.num_parallel = None
+    upstream.delay = 0.2
+    OllamaServer.objects.create(name="one", base_url=upstream.url, slots=1, model_slots={MODEL: 2})
+    prefix = f"test-servers-{uuid.uuid4().hex}:"
+    other = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, upstream.url, url, prefix, MODEL, "8"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        assert wait_for(lambda: upstream.running_total == 2, 5)  # the other process holds both slots
+        pool = servers.Pool()
+        pool.lease_manager = LeaseManager(url, prefix=prefix)
+        request = GenerationRequest(role="", task="", payload=None, mode="text", model=MODEL,
+                                    messages=[Message(role="user", content="from this process")])
+
+        async def run():
+            replies = await asyncio.gather(*(pool.generate(request) for _ in range(8)))
+            await pool.lease_manager.close()
+            return replies
+
+        assert len(asyncio.run(run())) == 8
+        assert other.stdout.readline().strip() == "done 8"
+        assert other.wait(10) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(5)
+    contents = [r.json["messages"][-1]["content"] for r in upstream.requests if r.path == "/api/chat"]
+    assert contents.count("from the other process") == 8 and contents.count("from this process") == 8
+    # This process asked while the other one held both slots: without shared leases it would have run 2 more.
+    assert upstream.peak_running_total == 2
