@@ -380,7 +380,8 @@ def test_only_superusers_edit_servers_and_urls_are_masked(client, django_user_mo
     assert server.base_url == "http://ops:s3cret-token@10.0.0.5:11434" and server.slots == 4
     assert server.state == "draining" and server.model_slots == {"qwen2.5:7b": 2}
     # The change reached this process's list at once.
-    assert [(c.name, c.state, c.slots_for("qwen2.5:7b")) for c in servers.registry.configs] == [("gpu-1", "draining", 2)]
+    configs = [(c.name, c.state, c.slots_for("qwen2.5:7b")) for c in servers.registry.configs]
+    assert configs == [("gpu-1", "draining", 2)]
 
 
 @pytest.mark.parametrize("url, model_slots", [
