@@ -399,10 +399,13 @@ def test_one_hash_at_a_time_and_a_bounded_wait_for_it(gateway, operator, hashes,
     for status, retry_after, took, type_ in answers:
         if status == 503:
             assert type_ == "auth_busy" and retry_after == "1" and took < 2
-    # Expected under a flood: one warning, not an error per refused request.
-    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30] == [
+    # Expected under a flood: a warning while it lasts, not an error per refused request. (On a busy machine a
+    # hash may end between two refusals: the condition clears and is warned about once more.)
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30]
+    assert 1 <= len(logged) <= 2 and len(logged) < statuses.count(503) + 1
+    assert set(logged) == {
         ("WARNING", "password checks refused: this process is busy hashing others (one hash at a time); refused "
-                    "with 503 auth_busy until it catches up")]
+                    "with 503 auth_busy until it catches up")}
 
 
 def _on_postgresql() -> bool:
