@@ -19,7 +19,7 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from gateway_project import passwords, throttling
-from tests.conftest import GENERATE_URL, assert_error
+from tests.conftest import GENERATE_URL, assert_error, point_cache_at_redis
 
 pytestmark = pytest.mark.django_db
 PROJECT = Path(__file__).resolve().parents[2]
@@ -330,20 +330,7 @@ def test_the_delays_are_shared_by_every_process_through_redis(client, operator, 
 
 
 def _point_cache_at_redis(settings) -> str:
-    import uuid
-
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-{uuid.uuid4().hex}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
-    return prefix
+    return point_cache_at_redis(settings, REDIS_URL)
 
 
 def test_an_unreachable_cache_delays_nobody_and_says_so_once(client, operator, settings, refused_url, caplog):

@@ -10,7 +10,7 @@ import pytest
 
 from llm import servers
 from llm.models import Generation, OllamaServer
-from tests.conftest import wait_for
+from tests.conftest import require_redis, wait_for
 from tests.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -319,10 +319,7 @@ def test_two_gateway_processes_sharing_redis_never_exceed_a_servers_slots(fakes,
     from llm.providers.base import GenerationRequest, Message
 
     url = "redis://127.0.0.1:6379/8"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Redis is not reachable: {exc}")
+    require_redis(url)
     settings.GENERATOR_MODE = "live"
     upstream = fakes[0]
     upstream.num_parallel = None
@@ -565,16 +562,12 @@ def test_two_real_processes_sharing_redis_never_exceed_a_servers_slots(fakes, se
     import sys
     import uuid
 
-    import redis
 
     from llm.leases import LeaseManager
     from llm.providers.base import GenerationRequest, Message
 
     url = "redis://127.0.0.1:6379/8"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Redis is not reachable: {exc}")
+    require_redis(url)
     settings.GENERATOR_MODE = "live"
     upstream = fakes[0]
     upstream.num_parallel = None
