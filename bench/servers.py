@@ -7,9 +7,9 @@ generations that found their model already loaded, with the gateway's placement 
 Method
     Fake Ollama servers (tests/fake_ollama.py, in this process, each on its own event loop thread), each running
     4 generations at once (num_parallel=4) with a 1 s reply, holding one model in memory (max_loaded_models=1,
-    a GPU that fits one model) and taking --load-delay seconds (1) to load another. Every server
-    has all of them; as many models as servers (one model per GPU would do, if placed well). The gateway (gunicorn, one uvicorn worker, SQLite audit) lists the servers in its admin table
-    with slots 4 per model and at most 4 in flight per server, so that its queue is the only one (it sends no
+    a GPU that fits one model) and taking --load-delay seconds (1) to load another. As many models as servers,
+    every server has all of them (one model per GPU would do, if placed well). The gateway (gunicorn, one
+    uvicorn worker, SQLite audit) lists the servers in its admin table with slots 4 per model and at most 4 in flight per server, so that its queue is the only one (it sends no
     server more than it runs at once). 48 clients (16 per model) each send /api/chat requests one after the
     other for --duration seconds (after a --warmup), non-streamed.
     Capacity: servers x 4 generations per second at best (a 1 s reply), less the time spent loading models.

@@ -714,7 +714,8 @@ class Pool:
         known = [self.health_of(s.name).tags for s in servers
                  if kind == "tags" and self.health_of(s.name).models is not None]
         unread = [s for s in servers if kind == "ps" or self.health_of(s.name).models is None]
-        answers = known + [a.get("models") or [] for a in await self._live(unread, method, path, allow_none=bool(known))]
+        live = await self._live(unread, method, path, allow_none=bool(known))
+        answers = known + [a.get("models") or [] for a in live]
         merged: dict[str, dict] = {}
         for entries in answers:
             for entry in entries if isinstance(entries, list) else []:
@@ -860,11 +861,18 @@ async def _get(server: ServerConfig, health: Health, client, path: str) -> dict 
     return data
 
 
+def _entries(data: dict) -> list[dict]:
+    """A listing's model entries that name a model; anything else in a server's answer is dropped."""
+    models = data.get("models")
+    return [e for e in models if isinstance(e, dict) and isinstance(e.get("name") or e.get("model"), str)] \
+        if isinstance(models, list) else []
+
+
 async def _read_ps(server: ServerConfig, health: Health, client) -> None:
     data = await _get(server, health, client, "/api/ps")
     if data is None:
         return
-    entries = [e for e in data.get("models") or [] if isinstance(e, dict) and isinstance(e.get("name") or e.get("model"), str)]
+    entries = _entries(data)
     health.ps = entries
     health.loaded = frozenset(canonical(e.get("name") or e["model"]) for e in entries)
     if health.tags_due == 0.0:  # came back: read its models now as well
@@ -876,7 +884,7 @@ async def _read_tags(server: ServerConfig, health: Health, client) -> None:
     data = await _get(server, health, client, "/api/tags")
     if data is None:
         return
-    entries = [e for e in data.get("models") or [] if isinstance(e, dict) and isinstance(e.get("name") or e.get("model"), str)]
+    entries = _entries(data)
     health.tags = entries
     health.models = frozenset(canonical(e.get("name") or e["model"]) for e in entries)
     version = await _get(server, health, client, "/api/version")

@@ -1,6 +1,8 @@
 import importlib
 import json
+import os
 import time
+import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -15,6 +17,45 @@ GENERATE_URL = "/api/v1/llm/generate"
 # A rate-limit window for tests that count: windows start at multiples of their length since the epoch, so with
 # this one the next boundary is in 2033 and a count is never cut short in mid-test (an hour-long one was, at 22:00).
 LONG_WINDOW = 10**9
+
+
+def require_redis(url: str) -> None:
+    """Skip the test when no Redis answers at `url`; under CI, where Redis runs, fail it instead."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means no Redis here
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not reachable at {url}: {exc}")
+        pytest.skip(f"Redis is not reachable at {url}: {exc}")
+
+
+def point_cache_at_redis(settings, url: str, name: str = "test") -> str:
+    """The gateway's cache in Redis at `url`, under a key prefix of this test's own, which is returned."""
+    require_redis(url)
+    prefix = f"{name}-{uuid.uuid4().hex}"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                                   "KEY_PREFIX": prefix}}
+    return prefix
+
+
+def delete_redis_keys(url: str, pattern: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(pattern):
+        client.delete(key)
+
+
+@contextmanager
+def cache_in_redis(settings, url: str, name: str = "test"):
+    """point_cache_at_redis() for the block (the prefix yielded), the prefix's keys deleted afterwards."""
+    prefix = point_cache_at_redis(settings, url, name)
+    try:
+        yield prefix
+    finally:
+        delete_redis_keys(url, f"{prefix}:*")
 
 
 @pytest.fixture(autouse=True)

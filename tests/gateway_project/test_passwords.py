@@ -19,7 +19,7 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from gateway_project import passwords, throttling
-from tests.conftest import GENERATE_URL, assert_error
+from tests.conftest import GENERATE_URL, assert_error, point_cache_at_redis
 
 pytestmark = pytest.mark.django_db
 PROJECT = Path(__file__).resolve().parents[2]
@@ -330,20 +330,7 @@ def test_the_delays_are_shared_by_every_process_through_redis(client, operator, 
 
 
 def _point_cache_at_redis(settings) -> str:
-    import uuid
-
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-{uuid.uuid4().hex}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
-    return prefix
+    return point_cache_at_redis(settings, REDIS_URL)
 
 
 def test_an_unreachable_cache_delays_nobody_and_says_so_once(client, operator, settings, refused_url, caplog):
@@ -399,10 +386,13 @@ def test_one_hash_at_a_time_and_a_bounded_wait_for_it(gateway, operator, hashes,
     for status, retry_after, took, type_ in answers:
         if status == 503:
             assert type_ == "auth_busy" and retry_after == "1" and took < 2
-    # Expected under a flood: one warning, not an error per refused request.
-    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30] == [
+    # Expected under a flood: a warning while it lasts, not an error per refused request. (On a busy machine a
+    # hash may end between two refusals: the condition clears and is warned about once more.)
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30]
+    assert 1 <= len(logged) <= 2 and len(logged) < statuses.count(503) + 1
+    assert set(logged) == {
         ("WARNING", "password checks refused: this process is busy hashing others (one hash at a time); refused "
-                    "with 503 auth_busy until it catches up")]
+                    "with 503 auth_busy until it catches up")}
 
 
 def _on_postgresql() -> bool:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import time
 import sys
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from django.core.management import call_command
 
 from llm import budgets
 from llm.models import Consumer, Generation
-from tests.conftest import GENERATE_URL, SNS_REPLY, assert_error, wait_for
+from tests.conftest import GENERATE_URL, SNS_REPLY, assert_error, cache_in_redis, wait_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -41,21 +40,8 @@ def _fresh_budgets(monkeypatch):
 @pytest.fixture
 def redis_cache(settings):
     """The cache in Redis (database 10), under a key prefix of this test's own; its keys deleted afterwards."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means no Redis here
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-budget-{uuid.uuid4().hex}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
+    with cache_in_redis(settings, REDIS_URL, "test-budget") as prefix:
+        yield prefix
 
 
 def budget(consumer, *, day=None, month=None):

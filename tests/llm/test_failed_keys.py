@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
-from llm import api_keys, failed_keys, metrics, usage
+from llm import failed_keys, metrics, usage
 from llm.models import Generation
-from tests.conftest import GENERATE_URL, LONG_WINDOW, assert_error, table_missing
+from tests.conftest import GENERATE_URL, LONG_WINDOW, assert_error, point_cache_at_redis, table_missing
 
 pytestmark = pytest.mark.django_db
 PROJECT = Path(__file__).resolve().parents[2]
@@ -228,17 +227,7 @@ with override_settings(CACHES=caches, FAILED_KEYS_PER_MINUTE=int(times)):
 
 
 def test_the_counts_are_shared_by_every_process_through_redis(generate, valid_request, settings):
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-{uuid.uuid4().hex}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
+    prefix = point_cache_at_redis(settings, REDIS_URL)
     result = subprocess.run([sys.executable, "-c", ANOTHER_PROCESS, REDIS_URL, prefix, ATTACKER, str(LIMIT),
                              str(LONG_WINDOW)],
                             cwd=PROJECT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},

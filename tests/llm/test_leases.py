@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -12,25 +11,17 @@ import uuid
 import pytest
 
 from llm.leases import LeaseManager
+from tests.conftest import delete_redis_keys, require_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/8"
 
 
 @pytest.fixture
 def redis_prefix():
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    require_redis(REDIS_URL)
     prefix = f"test-leases-{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    delete_redis_keys(REDIS_URL, f"{prefix}*")
 
 
 @pytest.mark.parametrize("shared", [False, True])

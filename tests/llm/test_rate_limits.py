@@ -5,14 +5,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from llm import api_keys
 from llm.models import Consumer, Generation
-from tests.conftest import LONG_WINDOW, SNS_REPLY, assert_error
+from tests.conftest import LONG_WINDOW, SNS_REPLY, assert_error, cache_in_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -105,18 +104,8 @@ def test_the_counter_starts_again_in_the_next_window(generate, valid_request, se
 @pytest.fixture
 def redis_cache(settings):
     """Point the gateway's cache at Redis (database 5), under a key prefix of this test's own."""
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means no Redis here
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-{uuid.uuid4().hex}"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
-    return prefix
+    with cache_in_redis(settings, REDIS_URL) as prefix:
+        yield prefix
 
 
 ANOTHER_PROCESS = """

@@ -10,7 +10,7 @@ import pytest
 
 from llm import servers
 from llm.models import Generation, OllamaServer
-from tests.conftest import wait_for
+from tests.conftest import require_redis, wait_for
 from tests.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -319,10 +319,7 @@ def test_two_gateway_processes_sharing_redis_never_exceed_a_servers_slots(fakes,
     from llm.providers.base import GenerationRequest, Message
 
     url = "redis://127.0.0.1:6379/8"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Redis is not reachable: {exc}")
+    require_redis(url)
     settings.GENERATOR_MODE = "live"
     upstream = fakes[0]
     upstream.num_parallel = None
@@ -380,7 +377,8 @@ def test_only_superusers_edit_servers_and_urls_are_masked(client, django_user_mo
     assert server.base_url == "http://ops:s3cret-token@10.0.0.5:11434" and server.slots == 4
     assert server.state == "draining" and server.model_slots == {"qwen2.5:7b": 2}
     # The change reached this process's list at once.
-    assert [(c.name, c.state, c.slots_for("qwen2.5:7b")) for c in servers.registry.configs] == [("gpu-1", "draining", 2)]
+    configs = [(c.name, c.state, c.slots_for("qwen2.5:7b")) for c in servers.registry.configs]
+    assert configs == [("gpu-1", "draining", 2)]
 
 
 @pytest.mark.parametrize("url, model_slots", [
@@ -498,3 +496,107 @@ def test_diagnostics_and_metrics_show_each_server(listed, fakes, django_user_mod
     assert any(line.startswith("llm_gateway_server_requests_total{") and 'outcome="succeeded"' in line
                for line in text.splitlines())
     assert 'llm_gateway_server_in_flight{server="' in text
+
+
+def test_one_retry_budget_moves_at_once_to_another_server_then_stops(listed, fakes, settings):
+    """Three servers answering 503: OLLAMA_MAX_RETRIES=2 gives three calls, one per server, with no pause between
+    them; the client gets the last error, its row every call."""
+    settings.OLLAMA_MAX_RETRIES = 2
+    settings.OLLAMA_RETRY_BACKOFF = 5  # a pause would show in the time taken
+    for fake in fakes:
+        fake.fault("status", paths="/api/chat", status=503, message="server busy")
+    started = time.monotonic()
+    response = chat(listed, "busy")
+    assert time.monotonic() - started < 2
+    assert response.status_code == 502
+    row = Generation.objects.get()
+    assert sorted(t["server"] for t in row.models_tried) == ["a", "b", "c"]
+    assert {t["outcome"] for t in row.models_tried} == {"upstream_error"}
+    assert row.attempts == 3 and row.server == ""
+    assert sum(len(served_by(f, "busy")) for f in fakes) == 3
+
+    # With one retry left, the same server is tried again only when no other is left (after the backoff).
+    settings.OLLAMA_MAX_RETRIES = 1
+    settings.OLLAMA_RETRY_BACKOFF = 0.001
+    OllamaServer.objects.filter(name__in=["b", "c"]).update(state="disabled")
+    servers.registry.refresh()
+    fakes[0].clear_faults()
+    fakes[0].fault("status", paths="/api/chat", status=503, message="server busy", times=1)
+    assert chat(listed, "again").status_code == 200
+    assert len(served_by(fakes[0], "again")) == 2
+
+
+OTHER_PROCESS = r"""
+import asyncio, os, sys, time
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from django.conf import settings
+settings.GENERATOR_MODE = "live"
+from llm import servers
+from llm.leases import LeaseManager
+from llm.providers.base import GenerationRequest, Message
+
+url, redis_url, prefix, model, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+servers.registry.configs = (servers.ServerConfig(name="one", base_url=url, state="enabled", slots=1,
+                                                 model_slots={model: 2}),)
+pool = servers.Pool()
+pool.lease_manager = LeaseManager(redis_url, prefix=prefix)
+request = GenerationRequest(role="", task="", payload=None, mode="text", model=model,
+                            messages=[Message(role="user", content="from the other process")])
+
+async def main():
+    print("ready", flush=True)
+    replies = await asyncio.gather(*(pool.generate(request) for _ in range(count)))
+    print("done", len([r for r in replies if r.content]), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_two_real_processes_sharing_redis_never_exceed_a_servers_slots(fakes, settings, transactional_db):
+    """A second Python process (its own pool, lease manager and Redis client) and this one send 8 generations each
+    to one server with 2 slots for the model, this one while the other holds both slots: never more than 2 run
+    there together. (A freed slot goes to the releasing process's own waiters first: fairness is per process.)"""
+    import subprocess
+    import sys
+    import uuid
+
+
+    from llm.leases import LeaseManager
+    from llm.providers.base import GenerationRequest, Message
+
+    url = "redis://127.0.0.1:6379/8"
+    require_redis(url)
+    settings.GENERATOR_MODE = "live"
+    upstream = fakes[0]
+    upstream.num_parallel = None
+    upstream.delay = 0.2
+    OllamaServer.objects.create(name="one", base_url=upstream.url, slots=1, model_slots={MODEL: 2})
+    prefix = f"test-servers-{uuid.uuid4().hex}:"
+    other = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, upstream.url, url, prefix, MODEL, "8"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        assert wait_for(lambda: upstream.running_total == 2, 5)  # the other process holds both slots
+        pool = servers.Pool()
+        pool.lease_manager = LeaseManager(url, prefix=prefix)
+        request = GenerationRequest(role="", task="", payload=None, mode="text", model=MODEL,
+                                    messages=[Message(role="user", content="from this process")])
+
+        async def run():
+            replies = await asyncio.gather(*(pool.generate(request) for _ in range(8)))
+            await pool.lease_manager.close()
+            return replies
+
+        assert len(asyncio.run(run())) == 8
+        assert other.stdout.readline().strip() == "done 8"
+        assert other.wait(10) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(5)
+    contents = [r.json["messages"][-1]["content"] for r in upstream.requests if r.path == "/api/chat"]
+    assert contents.count("from the other process") == 8 and contents.count("from this process") == 8
+    # This process asked while the other one held both slots: without shared leases it would have run 2 more.
+    assert upstream.peak_running_total == 2
