@@ -127,7 +127,8 @@ class Route:
         try:
             answer = await call(request)
         except BaseException as exc:
-            self.attempts += getattr(exc, "attempts", None) or 1
+            calls = getattr(exc, "attempts", None)  # 0: refused while waiting for a slot, no server called
+            self.attempts += calls if calls is not None else 1
             raise
         finally:
             servers.ROUTE.reset(token)

@@ -173,7 +173,8 @@ class Health:
                                    self.name, exc.upstream_status, extra={"server": self.name})
                 self.misconfigured = True
                 return
-            if exc.type not in SERVER_FAILURES:
+            if exc.type not in SERVER_FAILURES or isinstance(exc, ModelFailed):
+                # A model's own 500 (it would not load on this box) says nothing of the server's other models.
                 return
             self.failures += 1
             if self.failures >= DOWN_AFTER and not self.down:
@@ -366,9 +367,14 @@ class Pool:
     def leases(self) -> LeaseManager:
         if self.lease_manager is not None:
             return self.lease_manager
+        from django.core.cache import cache
+
         url = redis_url_from_settings()
-        if self._leases is None or self._leases[0] != url:
-            self._leases = (url, LeaseManager(url, prefix="llm:slots:"))
+        # Under the cache's own KEY_PREFIX, as the consumers' caps: two deployments sharing one Redis (each with its
+        # own server named "gpu-1") do not share slots.
+        prefix = cache.make_key("llm:slots:")
+        if self._leases is None or self._leases[0] != (url, prefix):
+            self._leases = ((url, prefix), LeaseManager(url, prefix=prefix))
         return self._leases[1]
 
     def servers(self) -> tuple[ServerConfig, ...]:
@@ -572,10 +578,20 @@ class Pool:
                         if listed.state == "enabled":
                             route.tried.append({"model": model, "server": listed.name, "outcome": exc.type})
                 raise _with_calls(exc, calls) from None
+            except (UpstreamBusy, RateLimited) as exc:
+                # The queue's timeout or its bound: no server was called for this wait, only the calls before it.
+                exc.attempts = calls
+                raise
             again = server.name in tried_here
             if again:
                 attempt += 1
-                await _pause(attempt, settings.OLLAMA_RETRY_BACKOFF)
+                try:
+                    await _pause(attempt, settings.OLLAMA_RETRY_BACKOFF)
+                except BaseException:
+                    # Ended during the backoff (the deadline, the client gone): the slot held meanwhile goes back.
+                    if slot is not None:
+                        await asyncio.shield(slot.release())
+                    raise
             entry = {"model": model, "server": server.name, "outcome": "pending"}
             route.tried.append(entry)
             health = self.health_of(server.name)
@@ -643,8 +659,13 @@ class Pool:
         return await self._whole(request, lambda provider: provider.complete(request))
 
     async def embed(self, request, *args, **kwargs):
-        """Embeddings (once OllamaProvider has `embed`): a slot of the model on a chosen server, like a generation."""
-        return await self.one_call(request.model, lambda provider: provider.embed(request, *args, **kwargs))
+        """Embeddings: a slot of the model on a chosen server, like a generation; its attempts are every HTTP call
+        made, on every server tried (the row's `attempts`)."""
+        answer, _, slot, calls = await self.run(request.model,
+                                                lambda provider: provider.embed(request, *args, **kwargs))
+        if slot is not None:
+            await slot.release()
+        return replace(answer, attempts=calls)
 
     async def one_call(self, model: str, invoke: Callable[[OllamaProvider], Awaitable[Any]], *,
                        generation: bool = True):
