@@ -5,16 +5,14 @@ real socket; Redis in database 12, under a key prefix of each test's own."""
 import asyncio
 import json
 import logging
-import os
 import time
-import uuid
 
 import httpx
 import pytest
 
-from llm import admission, servers
+from llm import servers
 from llm.models import Consumer, Generation, OllamaServer
-from tests.conftest import wait_for
+from tests.conftest import cache_in_redis, wait_for
 from tests.llm.test_servers import MODEL, chat, fakes, listed, poll_now, served_by  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,25 +23,9 @@ CANARY = "zebracanary7f3a9q"
 
 @pytest.fixture
 def redis_cache(settings):
-    """The cache in Redis (database 12) under this test's own key prefix; its keys deleted afterwards, and the
-    cache set back before the suite's own fixture clears it (a Redis cache's clear() is a FLUSHDB)."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means no Redis here
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-seams-{uuid.uuid4().hex}"
-    before = settings.CACHES
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                                   "KEY_PREFIX": prefix}}
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    settings.CACHES = before
+    """The cache in Redis (database 12) under this test's own key prefix; its keys deleted afterwards."""
+    with cache_in_redis(settings, REDIS_URL, "test-seams") as prefix:
+        yield prefix
 
 
 def redis_counts(prefix: str, part: str) -> dict:
