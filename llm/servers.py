@@ -463,7 +463,12 @@ class Pool:
             return None
         taken = [first]
         if server.max_in_flight:
-            whole = await leases.acquire(server.name, server.max_in_flight)
+            try:
+                whole = await leases.acquire(server.name, server.max_in_flight)
+            except BaseException:
+                # Cancelled (or Redis failed) between the two: the model's slot is given back now, not at its expiry.
+                await asyncio.shield(first.release())
+                raise
             if whole is None:
                 await first.release()
                 return None

@@ -419,3 +419,36 @@ def test_a_models_own_500_does_not_take_its_server_down_for_the_other_models(lis
         assert chat(listed, f"oom {i}").status_code == 502
     assert not servers.pool().health_of("a").down
     assert chat(listed, "other model", model="only-a:1b").status_code == 200
+
+
+def test_a_pick_cancelled_between_its_two_leases_gives_the_models_slot_back_at_once():
+    """A server with a cap of its own takes two leases: the model's, then the server's. Cancelled while waiting
+    for the second, the first is released then, not left to expire 30 s later."""
+    from llm.leases import LeaseManager
+
+    manager = LeaseManager(None)
+    acquire = manager.acquire
+    second_asked = asyncio.Event()
+
+    async def slow_for_the_server(key, capacity):
+        if "/" not in key:  # the server's own lease: hangs until cancelled
+            second_asked.set()
+            await asyncio.Event().wait()
+        return await acquire(key, capacity)
+
+    manager.acquire = slow_for_the_server
+    pool = servers.Pool()
+    pool.lease_manager = manager
+    server = servers.ServerConfig(name="capped", base_url="http://127.0.0.1:9", state="enabled", slots=1,
+                                  max_in_flight=1)
+
+    async def run():
+        picking = asyncio.create_task(pool._take(server, "qwen2.5:7b"))
+        await second_asked.wait()
+        assert await manager.count("capped/qwen2.5:7b") == 1
+        picking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await picking
+        return await manager.count("capped/qwen2.5:7b")
+
+    assert asyncio.run(run()) == 0
