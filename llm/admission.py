@@ -9,6 +9,7 @@ A consumer's cap holds across every gateway process when the cache is Redis: eac
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -24,6 +25,14 @@ from llm.errors import RateLimited, UpstreamBusy
 logger = logging.getLogger("llm.admission")
 
 _upstream: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> asyncio.Semaphore
+# How long the request in this context waited for its UPSTREAM_MAX_IN_FLIGHT slot (see queue_time_left()).
+_waited_for_cap: contextvars.ContextVar[float] = contextvars.ContextVar("waited_for_upstream_cap", default=0.0)
+
+
+def queue_time_left() -> float:
+    """What is left of UPSTREAM_QUEUE_TIMEOUT for a wait of this request's: one timeout covers both its wait for
+    the process's cap and its wait for a server's slot (llm.servers), not one each."""
+    return max(0.0, settings.UPSTREAM_QUEUE_TIMEOUT - _waited_for_cap.get())
 
 
 @asynccontextmanager
@@ -46,11 +55,17 @@ async def upstream_slot():
             f"This gateway process already has {limit} calls to the model running (UPSTREAM_MAX_IN_FLIGHT) and "
             f"none finished within {settings.UPSTREAM_QUEUE_TIMEOUT:g}s (UPSTREAM_QUEUE_TIMEOUT). Try again later."
         ) from None
-    if time.perf_counter() - waited > 0.001:
-        logger.debug("waited for an upstream slot", extra={"waited_ms": round((time.perf_counter() - waited) * 1000)})
+    waited = time.perf_counter() - waited
+    if waited > 0.001:
+        logger.debug("waited for an upstream slot", extra={"waited_ms": round(waited * 1000)})
+    token = _waited_for_cap.set(waited)
     try:
         yield
     finally:
+        try:
+            _waited_for_cap.reset(token)
+        except ValueError:
+            pass  # a stream's slot is given back by the task that drives its response, in a context of its own
         semaphore.release()
 
 

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 
 from django.conf import settings
 
-from llm import metrics
+from llm import admission, metrics
 from llm.errors import (GatewayError, ModelFailed, ModelNotFound, RateLimited, UpstreamBusy, UpstreamError,
                         UpstreamUnavailable)
 from llm.leases import LeaseManager, redis_url_from_settings
@@ -524,7 +524,8 @@ class Pool:
         served = False
         poll = self.leases.poll
         try:
-            async with asyncio.timeout(settings.UPSTREAM_QUEUE_TIMEOUT):
+            # What the wait for the process's own cap (UPSTREAM_MAX_IN_FLIGHT) left of UPSTREAM_QUEUE_TIMEOUT.
+            async with asyncio.timeout(admission.queue_time_left()):
                 while True:
                     if queue.head() is waiter:
                         slot = await self._try(candidates(), model, affinity)

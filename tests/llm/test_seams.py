@@ -452,3 +452,34 @@ def test_a_pick_cancelled_between_its_two_leases_gives_the_models_slot_back_at_o
         return await manager.count("capped/qwen2.5:7b")
 
     assert asyncio.run(run()) == 0
+
+
+def test_one_queue_timeout_covers_the_process_cap_and_the_servers_slot(listed, fakes, settings):
+    """A generation that waited for the process's UPSTREAM_MAX_IN_FLIGHT slot waits in the model's queue only for
+    what is left of UPSTREAM_QUEUE_TIMEOUT: one 503 after one timeout, not after two."""
+    a = only_a(fakes, slots=1)
+    settings.UPSTREAM_MAX_IN_FLIGHT = 2
+    settings.UPSTREAM_QUEUE_TIMEOUT = 1.5
+    a.fault("slow", paths="/api/chat", times=1, delay=5.0)
+
+    async def run():
+        async with listed.async_client() as client:
+            body = {"model": MODEL, "stream": False}
+            holder = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "holds the slot"}]}))
+            assert await asyncio.to_thread(wait_for, lambda: served_by(a, "holds the slot"), 3)
+            # The second holds the process's other slot and waits in the model's queue.
+            second = asyncio.create_task(client.post("/api/chat", json={
+                **body, "messages": [{"role": "user", "content": "second"}]}))
+            while servers.pool().queued_everywhere() < 1:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            # The third waits for the process's cap until the second gives up (1.5 s), then has nothing left.
+            third = await client.post("/api/chat", json={**body, "messages": [{"role": "user", "content": "third"}]})
+            took = time.monotonic() - started
+            return await holder, await second, third, took
+
+    holder, second, third, took = asyncio.run(run())
+    assert holder.status_code == 200
+    assert second.status_code == 503 and third.status_code == 503, (second.text, third.text)
+    assert took < 2.5, f"the third waited {took:.1f}s: a timeout for the cap, then another for the slot"
