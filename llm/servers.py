@@ -32,8 +32,7 @@ from typing import Any, Awaitable, Callable
 from django.conf import settings
 
 from llm import admission, metrics
-from llm.errors import (GatewayError, ModelFailed, ModelNotFound, RateLimited, UpstreamBusy, UpstreamError,
-                        UpstreamUnavailable)
+from llm.errors import (GatewayError, ModelFailed, ModelNotFound, RateLimited, UpstreamBusy, UpstreamUnavailable)
 from llm.leases import LeaseManager, redis_url_from_settings
 from llm.model_access import canonical
 from llm.models import masked_server_url

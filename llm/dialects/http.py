@@ -74,22 +74,20 @@ def server_timing(timing: services.Timing) -> str:
 
 
 async def generate(request, *, caller: services.Caller, door: services.FrontDoor):
-    """services.generate for an HTTP request through `door`; the consumer annotated on the log line either way."""
-    body, body_size, body_timed_out = read_body(request, door.max_body_bytes)
-    try:
-        return await services.generate(
-            request_id=request.request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
-            content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller,
-            door=door)
-    finally:
-        annotate_consumer(request, caller)
+    """services.generate for an HTTP request through `door`."""
+    return await _through(services.generate, request, caller, door)
 
 
 async def embed(request, *, caller: services.Caller, door: services.FrontDoor) -> embeddings.Embedded:
-    """embeddings.embed for an HTTP request through `door`; the consumer annotated on the log line either way."""
+    """embeddings.embed for an HTTP request through `door`."""
+    return await _through(embeddings.embed, request, caller, door)
+
+
+async def _through(use_case, request, caller: services.Caller, door: services.FrontDoor):
+    """A use case run on the HTTP request's body; the consumer annotated on the log line either way."""
     body, body_size, body_timed_out = read_body(request, door.max_body_bytes)
     try:
-        return await embeddings.embed(
+        return await use_case(
             request_id=request.request_id, body=body, body_size=body_size, body_timed_out=body_timed_out,
             content_type=request.META.get("CONTENT_TYPE", ""), started=request.started_at, caller=caller,
             door=door)

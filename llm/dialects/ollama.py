@@ -406,10 +406,7 @@ def _tools(data: dict) -> tuple[Tool, ...]:
 
 def _neutral(data: dict, *, messages: list[Message] | None = None, tools: tuple[Tool, ...] = (),
              completion: Completion | None = None) -> NeutralRequest:
-    model = data.get("model")
-    problem = model_name_problem(model)
-    if problem:
-        raise invalid("model", f"model is required: {problem}" if model in (None, "") else f"model: {problem}")
+    model = _model(data)
     stream = data.get("stream")
     if stream is None:
         stream = True  # Ollama streams unless told not to

@@ -174,12 +174,7 @@ def parse(data) -> NeutralRequest:
     if not isinstance(data, dict):
         raise invalid("body", "The request body must be a JSON object.")
     _refuse_unsupported(data)
-    model = data.get("model")
-    if model is None:
-        raise invalid("model", "you must provide a model parameter.")
-    problem = model_name_problem(model)
-    if problem:
-        raise invalid("model", f"model: {problem}")
+    model = _requested_model(data)
     stream = _optional(data, "stream", bool, False)
     stream_options = data.get("stream_options")
     if stream_options is not None:
@@ -202,6 +197,17 @@ def parse(data) -> NeutralRequest:
                           think=_think(data), keep_alive=keep_alive)
 
 
+def _requested_model(data: dict) -> str:
+    """The request's `model`, named as OpenAI's own errors name it; InvalidRequest otherwise."""
+    model = data.get("model")
+    if model is None:
+        raise invalid("model", "you must provide a model parameter.")
+    problem = model_name_problem(model)
+    if problem:
+        raise invalid("model", f"model: {problem}")
+    return model
+
+
 def parse_embeddings(data) -> EmbeddingRequest:
     """OpenAI's embeddings request as the EmbeddingRequest; InvalidRequest naming the parameter otherwise."""
     if not isinstance(data, dict):
@@ -210,12 +216,7 @@ def parse_embeddings(data) -> EmbeddingRequest:
     if unknown:
         raise InvalidRequest(f"Unsupported parameters: unknown: {', '.join(unknown)} Remove them and try again.",
                              details={name: ["Not supported by this gateway."] for name in unknown})
-    model = data.get("model")
-    if model is None:
-        raise invalid("model", "you must provide a model parameter.")
-    problem = model_name_problem(model)
-    if problem:
-        raise invalid("model", f"model: {problem}")
+    model = _requested_model(data)
     _encoding_format(data, strict=True)
     _optional(data, "user", str, "")
     given = data.get("input")

@@ -360,7 +360,7 @@ class OllamaProvider:
                              staff_message=f"The connection to {where} broke off mid-reply: {reason}.")
 
     def _parse(self, response: httpx.Response, model: str, call: OllamaCall) -> dict:
-        where, status = self.where, response.status_code
+        status = response.status_code
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
